@@ -1,0 +1,84 @@
+"""The result backend interface: public behaviour here, storage in subclasses' ``_get``/``_set``."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import time
+
+from qtasks.errors import ResultTimeout
+from qtasks.message import TaskResult, decode_result, encode_result
+
+#: A lost notification (e.g. across a server restart) costs at most this much latency.
+SAFETY_RECHECK_S = 2.0
+
+
+class ResultBackend(abc.ABC):
+    """Stores each task's :class:`TaskResult` under its id, with a TTL, and wakes waiters."""
+
+    def __init__(self, result_ttl_s: float = 86400.0) -> None:
+        self.result_ttl_s = result_ttl_s
+
+    # -- public API -------------------------------------------------------------------
+    async def connect(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Open connections (idempotent)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Close connections."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise BackendError when the store does not answer."""
+
+    async def get(self, task_id: str) -> TaskResult | None:
+        """The stored result, or None when nothing is known about ``task_id``."""
+        data = await self._get(task_id)
+        return None if data is None else decode_result(data)
+
+    async def set(self, result: TaskResult, ttl_s: float | None = None) -> None:
+        """Store ``result`` (replacing any earlier state) and wake waiters when it is final."""
+        await self._set(
+            result.id, encode_result(result), ttl_s or self.result_ttl_s, notify=result.ready
+        )
+
+    async def delete(self, task_id: str) -> None:
+        await self._delete(task_id)
+
+    async def wait(self, task_id: str, timeout_s: float | None) -> TaskResult:
+        """Wait until the task is in a final state; raise ResultTimeout after ``timeout_s``.
+
+        Subscribes before the first read, so a result stored in between is not missed.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        async with self._listen(task_id) as changed:
+            while True:
+                result = await self.get(task_id)
+                if result is not None and result.ready:
+                    return result
+                remaining = SAFETY_RECHECK_S
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise ResultTimeout(f"task {task_id} not ready after {timeout_s:g} s")
+                    remaining = min(remaining, left)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), remaining)
+                changed.clear()
+
+    # -- storage, for subclasses ----------------------------------------------------------
+    @abc.abstractmethod
+    async def _get(self, task_id: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    async def _set(self, task_id: str, data: bytes, ttl_s: float, *, notify: bool) -> None: ...
+
+    @abc.abstractmethod
+    async def _delete(self, task_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def _listen(self, task_id: str) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
+        """Context in which the returned event is set whenever ``task_id`` gets a final result.
+
+        The subscription must be active when ``__aenter__`` returns.
+        """

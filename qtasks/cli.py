@@ -1,0 +1,124 @@
+"""The ``qtasks`` command: ``qtasks worker -A module[:app]`` and friends."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from qtasks.app import load_app
+from qtasks.config import load_settings
+from qtasks.errors import QTasksError
+from qtasks.observability import configure_logging
+
+
+def _worker_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "worker",
+        help="run a worker that executes tasks",
+        description="Fetch tasks from NATS JetStream, run them, store results in Redis. "
+        "Flags override QTASKS_* environment variables, which override config.toml.",
+    )
+    p.add_argument(
+        "-A",
+        "--app",
+        required=True,
+        metavar="MODULE[:ATTR]",
+        help="the module holding the QTasks app, e.g. tasks or app.tasks:app",
+    )
+    p.add_argument(
+        "--executor",
+        choices=["thread", "process", "asyncio"],
+        help="where tasks run: threads (default), child processes (spawned, "
+        "hard time limits), or the event loop (async def tasks)",
+    )
+    p.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="tasks run at once; also how many messages are fetched (default: CPU count)",
+    )
+    p.add_argument(
+        "-Q", "--queues", metavar="A,B", help="comma-separated queues to consume (default: default)"
+    )
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long running tasks may finish before they are "
+        "handed back to the queue (default 30)",
+    )
+    p.add_argument("--config", metavar="PATH", help="config.toml to read (default ./config.toml)")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument(
+        "--log-json",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="JSON log lines (default: when stderr is not a terminal)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qtasks", description="qtasks: tasks on NATS JetStream")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _worker_parser(sub)
+    return parser
+
+
+async def _run_worker(args: argparse.Namespace) -> int:
+    from qtasks.worker import Worker
+
+    app = load_app(args.app)
+    overrides = {
+        "worker": {
+            "executor": args.executor,
+            "max_concurrent_tasks": args.concurrency,
+            "queues": args.queues.split(",") if args.queues else None,
+            "shutdown_grace_s": args.shutdown_grace,
+        }
+    }
+    if args.config or any(v is not None for v in overrides["worker"].values()):
+        import msgspec
+
+        fresh = load_settings(args.config, overrides=overrides)
+        # Keep the app's own broker/backend choices; flags only change worker settings.
+        app.settings = msgspec.structs.replace(app.settings, worker=fresh.worker)
+    worker = Worker(app, app_spec=args.app)
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def on_signal() -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            worker.stop()
+        else:  # a second Ctrl-C: stop waiting for running tasks
+            worker.shutdown_grace_s = 0
+            worker.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await worker.run()
+    finally:
+        await app.aclose()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        configure_logging(args.log_level, args.log_json)
+        if args.command == "worker":
+            return asyncio.run(_run_worker(args))
+    except QTasksError as e:
+        print(f"qtasks: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

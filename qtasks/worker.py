@@ -1,0 +1,392 @@
+"""The worker: fetch as many messages as there are free slots, run, store, then settle.
+
+Order of a task's life here: decode -> read its record (already done? revoked? looping
+crash?) -> STARTED -> run in the executor while heartbeating -> store the outcome ->
+ack (or nak for a retry, or term + dead letter). A result is always stored before the
+message is settled, so a crash in between re-runs the task; it never loses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import traceback
+from typing import Any
+
+import structlog
+
+from qtasks.app import QTasks
+from qtasks.backends.base import ResultBackend
+from qtasks.broker.base import Broker, Delivery
+from qtasks.context import TaskContext
+from qtasks.errors import BackendError, BrokerError, DecodeError, Retry, TaskError
+from qtasks.executors import make_executor
+from qtasks.executors.base import Executor, TaskCall
+from qtasks.message import (
+    ErrorInfo,
+    State,
+    TaskMessage,
+    TaskResult,
+    decode_message,
+    encode_result,
+    now_s,
+)
+from qtasks.task import Task
+
+log = structlog.get_logger("qtasks.worker")
+
+#: Back-off after a broker error in the fetch loop (server restarting, network blip).
+_FETCH_ERROR_BACKOFF_S = 0.5
+
+
+def _error_info(exc: BaseException) -> ErrorInfo:
+    if isinstance(exc, TaskError):
+        return ErrorInfo(exc.exc_type, exc.message, exc.traceback)
+    tb = "".join(traceback.format_exception(exc))
+    return ErrorInfo(type(exc).__name__, str(exc), tb)
+
+
+class Worker:
+    """Consumes ``queues`` of ``app`` with ``concurrency`` slots on one executor.
+
+    ``await worker.run()`` serves until :meth:`stop`; then it stops fetching, lets
+    running tasks finish for up to ``shutdown_grace_s``, and returns. Unfinished tasks
+    are handed back to the broker (nak) for another worker.
+    """
+
+    def __init__(
+        self,
+        app: QTasks,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+        executor: str | Executor | None = None,
+        app_spec: str | None = None,
+        shutdown_grace_s: float | None = None,
+        hostname: str | None = None,
+    ) -> None:
+        ws = app.settings.worker
+        self.app = app
+        self.queues = list(queues or ws.queues)
+        self.concurrency = concurrency or ws.concurrency
+        self.shutdown_grace_s = (
+            ws.shutdown_grace_s if shutdown_grace_s is None else shutdown_grace_s
+        )
+        self.name = f"{hostname or socket.gethostname()}:{os.getpid()}"
+        if isinstance(executor, Executor):
+            self.executor = executor
+        else:
+            self.executor = make_executor(
+                executor or ws.executor, self.concurrency, app.resolve, app_spec
+            )
+        self._free = self.concurrency
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._broker: Broker | None = None
+        self._backend: ResultBackend | None = None
+        self.log = log.bind(worker=self.name, executor=self.executor.name)
+        self.started = asyncio.Event()
+        """Set once the worker is connected, its executor warm and its consumers bound."""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the worker to drain and return from :meth:`run` (safe from a signal handler)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        clients = await self.app.clients()
+        self._broker, self._backend = clients.broker, clients.backend
+        await self.executor.start()
+        consumers = [
+            asyncio.create_task(self._consume(q), name=f"consume-{q}") for q in self.queues
+        ]
+        self.log.info("worker_started", queues=self.queues, concurrency=self.concurrency)
+        self.started.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            self.log.info("worker_stopping", inflight=len(self._inflight))
+            self._stopping.set()
+            self._slot_freed.set()
+            # Consumers leave at their next fetch timeout; what they got meanwhile still runs.
+            await asyncio.gather(*consumers, return_exceptions=True)
+            finished = await self._drain()
+            await self.executor.shutdown(wait=finished)
+            self.log.info("worker_stopped", clean=finished)
+
+    async def _drain(self) -> bool:
+        if not self._inflight:
+            return True
+        _, pending = await asyncio.wait(set(self._inflight), timeout=self.shutdown_grace_s)
+        if not pending:
+            return True
+        self.log.warning("drain_timeout", unfinished=len(pending), grace_s=self.shutdown_grace_s)
+        for t in pending:
+            t.cancel()  # the handler naks its message so another worker takes it now
+        await asyncio.gather(*pending, return_exceptions=True)
+        return False
+
+    # -- fetching -------------------------------------------------------------------------------
+    async def _consume(self, queue: str) -> None:
+        assert self._broker is not None
+        fetch_timeout_s = self.app.settings.nats.fetch_timeout_s
+        while not self._stopping.is_set():
+            if self._free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            # Reserve the free slots before awaiting, so several queues never overbook.
+            want = self._free
+            self._free -= want
+            try:
+                deliveries = await self._broker.fetch(queue, want, fetch_timeout_s)
+            except BrokerError as e:
+                self._free += want
+                self.log.warning("fetch_failed", queue=queue, error=str(e))
+                await asyncio.sleep(_FETCH_ERROR_BACKOFF_S)
+                continue
+            except BaseException:
+                self._free += want
+                raise
+            self._free += want - len(deliveries)
+            for d in deliveries:
+                t = asyncio.create_task(self._handle(d))
+                self._inflight.add(t)
+                t.add_done_callback(self._on_done)
+
+    def _on_done(self, t: asyncio.Task[None]) -> None:
+        self._inflight.discard(t)
+        self._free += 1
+        self._slot_freed.set()
+        if not t.cancelled() and t.exception() is not None:
+            self.log.error("handler_crashed", error=repr(t.exception()))
+
+    # -- one delivery ------------------------------------------------------------------------------
+    async def _handle(self, d: Delivery) -> None:
+        assert self._backend is not None
+        try:
+            msg = decode_message(d.data)
+        except DecodeError as e:
+            self.log.error("message_undecodable", queue=d.queue, error=str(e), size=len(d.data))
+            await self._reject(d, None, ErrorInfo("DecodeError", str(e)), self.log)
+            return
+        tlog = self.log.bind(task_id=msg.id, task=msg.task, queue=d.queue, attempt=d.attempt)
+        try:
+            prev = await self._backend.get(msg.id)
+        except (BackendError, DecodeError) as e:
+            tlog.warning("backend_unavailable", error=str(e))
+            await self._settle(d.nak(1.0), tlog)
+            return
+        if prev is not None and prev.ready:
+            # Done before (stored, then a crash before the ack) or revoked: do not run again.
+            tlog.info("task_already_final", state=prev.state.value)
+            await self._settle(d.ack(), tlog)
+            return
+        task = self.app.tasks.get(msg.task)
+        base = TaskResult(
+            id=msg.id,
+            state=State.PENDING,
+            task=msg.task,
+            queue=d.queue,
+            sent_at=msg.created_at or None,
+            deliveries=d.attempt,
+            retries=prev.retries if prev else 0,
+            worker=self.name,
+            executor=self.executor.name,
+            meta=dict(prev.meta) if prev else {},
+        )
+        if task is None:
+            reason = f"no task named {msg.task!r} on worker {self.name}"
+            tlog.error("task_unknown")
+            await self._reject(d, base, ErrorInfo("TaskNotRegistered", reason), tlog)
+            return
+        now = now_s()
+        if msg.expires is not None and now > msg.expires:
+            tlog.info("task_expired")
+            res = msgspec_replace(
+                base,
+                state=State.REVOKED,
+                finished_at=now,
+                error=ErrorInfo("TaskExpired", "task expired before it ran"),
+            )
+            await self._finish(d, res, tlog)
+            return
+        if msg.eta is not None and msg.eta > now + 0.005:
+            await self._settle(d.nak(msg.eta - now), tlog)  # not yet: come back at the eta
+            return
+        crashes = int(base.meta.get("crashes", 0)) + (
+            1 if prev and prev.state is State.STARTED else 0
+        )
+        limit = self.app.settings.worker.max_redeliveries
+        if crashes > limit:
+            reason = f"the task was started {crashes} times without finishing (limit {limit})"
+            tlog.error("task_crash_loop", crashes=crashes)
+            await self._reject(d, base, ErrorInfo("WorkerLost", reason), tlog)
+            return
+        await self._run(
+            d, msg, task, msgspec_replace(base, meta={**base.meta, "crashes": crashes}), tlog
+        )
+
+    async def _run(
+        self, d: Delivery, msg: TaskMessage, task: Task[Any, Any], base: TaskResult, tlog: Any
+    ) -> None:
+        assert self._backend is not None
+        started = msgspec_replace(base, state=State.STARTED, started_at=now_s())
+        heartbeat = asyncio.create_task(self._heartbeat(d))
+        try:
+            try:
+                await self._backend.set(started)
+            except BackendError as e:
+                tlog.warning("backend_unavailable", error=str(e))
+                await self._settle(d.nak(1.0), tlog)
+                return
+            tlog.info("task_started")
+            ctx = TaskContext(
+                task_id=msg.id,
+                task_name=msg.task,
+                queue=d.queue,
+                attempt=d.attempt,
+                retries=base.retries,
+                concurrency=self.concurrency,
+                executor=self.executor.name,
+                worker=self.name,
+                headers=msg.headers,
+            )
+            time_limit_s = task.time_limit_s or self.app.settings.worker.time_limit_s
+            t0 = time.perf_counter()
+            try:
+                value = await self.executor.run(
+                    TaskCall(msg.task, msg.args, msg.kwargs, ctx), time_limit_s
+                )
+            except asyncio.CancelledError:
+                # Drain ran out of time: give the message back at once rather than after ack_wait.
+                tlog.warning("task_abandoned")
+                await self._settle(d.nak(0), tlog)
+                raise
+            except Exception as e:
+                duration_s = time.perf_counter() - t0
+                err = _error_info(e)
+                if task.should_retry(e, base.retries):
+                    countdown_s = (
+                        e.countdown_s
+                        if isinstance(e, Retry) and e.countdown_s is not None
+                        else task.backoff_s(base.retries)
+                    )
+                    res = msgspec_replace(
+                        started,
+                        state=State.RETRY,
+                        error=err,
+                        retries=base.retries + 1,
+                        finished_at=now_s(),
+                    )
+                    tlog.warning(
+                        "task_retry",
+                        error=f"{err.type}: {err.message}",
+                        countdown_s=round(countdown_s, 3),
+                        duration_s=round(duration_s, 6),
+                    )
+                    if await self._store(res, tlog):
+                        await self._settle(d.nak(countdown_s), tlog)
+                    else:
+                        await self._settle(d.nak(1.0), tlog)
+                    return
+                tlog.error(
+                    "task_failed",
+                    error=f"{err.type}: {err.message}",
+                    duration_s=round(duration_s, 6),
+                )
+                await self._finish(d, self._failed(started, err), tlog)
+                return
+            duration_s = time.perf_counter() - t0
+            res = msgspec_replace(
+                started, state=State.SUCCESS, result=value, error=None, finished_at=now_s()
+            )
+            try:
+                encode_result(res)
+            except (TypeError, ValueError, OverflowError) as e:
+                err = ErrorInfo(
+                    "EncodeError",
+                    f"result of type {type(value).__name__} cannot be stored (msgpack only): {e}",
+                )
+                tlog.error("task_failed", error=err.message)
+                await self._finish(d, self._failed(started, err), tlog)
+                return
+            tlog.info("task_succeeded", duration_s=round(duration_s, 6))
+            await self._finish(d, res, tlog)
+        finally:
+            heartbeat.cancel()
+
+    def _failed(self, base: TaskResult, err: ErrorInfo) -> TaskResult:
+        return msgspec_replace(base, state=State.FAILURE, error=err, finished_at=now_s())
+
+    async def _finish(self, d: Delivery, res: TaskResult, tlog: Any) -> None:
+        """Store the final result, and only then ack."""
+        if await self._store(res, tlog):
+            await self._settle(d.ack(), tlog)
+        else:
+            await self._settle(d.nak(1.0), tlog)  # could not store: run again later
+
+    async def _store(self, res: TaskResult, tlog: Any) -> bool:
+        """Write the result, retrying through a backend outage for a bounded time."""
+        assert self._backend is not None
+        deadline = time.monotonic() + self.app.settings.worker.result_store_retry_s
+        delay_s = 0.1
+        while True:
+            try:
+                await self._backend.set(res)
+                return True
+            except BackendError as e:
+                if time.monotonic() + delay_s > deadline:
+                    tlog.error("result_store_failed", error=str(e))
+                    return False
+                tlog.warning("result_store_retry", error=str(e), delay_s=delay_s)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 2.0)
+
+    async def _settle(self, op: Any, tlog: Any) -> None:
+        try:
+            await op
+        except BrokerError as e:
+            # The broker redelivers after ack_wait; the stored record makes the rerun harmless.
+            tlog.warning("settle_failed", error=str(e))
+
+    async def _reject(
+        self, d: Delivery, base: TaskResult | None, err: ErrorInfo, tlog: Any
+    ) -> None:
+        """A message that must never run: store FAILURE (when it has a task id), copy it to
+        the dead-letter subject with the reason, then term it."""
+        assert self._broker is not None
+        reason = (
+            f"{err.type}: {err.message}" if not err.message.startswith(err.type) else err.message
+        )
+        if base is not None and not await self._store(self._failed(base, err), tlog):
+            await self._settle(d.nak(1.0), tlog)
+            return
+        try:
+            await self._broker.dead_letter(d.queue, d.data, reason)
+        except BrokerError as e:
+            tlog.error("dead_letter_failed", error=str(e))
+            await self._settle(d.nak(1.0), tlog)
+            return
+        tlog.warning("task_dead_lettered", reason=reason)
+        await self._settle(d.term(), tlog)
+
+    async def _heartbeat(self, d: Delivery) -> None:
+        """Keep the ack deadline away while the task runs (only while this loop is free)."""
+        assert self._broker is not None
+        interval_s = max(0.05, self._broker.ack_wait_s / 3)
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await d.in_progress()
+            except BrokerError as e:
+                self.log.warning("heartbeat_failed", error=str(e))
+
+
+def msgspec_replace(res: TaskResult, **changes: Any) -> TaskResult:
+    import msgspec
+
+    return msgspec.structs.replace(res, **changes)
