@@ -6,6 +6,7 @@ from qtasks.context import TaskContext, current_task
 from qtasks.errors import (
     BackendError,
     BrokerError,
+    ChildProcessDied,
     ConfigError,
     DecodeError,
     MessageTooLarge,
@@ -25,6 +26,7 @@ __all__ = [
     "AsyncResult",
     "BackendError",
     "BrokerError",
+    "ChildProcessDied",
     "ConfigError",
     "DecodeError",
     "MessageTooLarge",

@@ -51,6 +51,12 @@ def _worker_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="on SIGTERM/SIGINT, how long running tasks may finish before they are "
         "handed back to the queue (default 30)",
     )
+    p.add_argument(
+        "--health-file",
+        metavar="PATH",
+        help="touch this file every 5 s while the worker's event loop is alive "
+        "(for container health checks: stale file = stuck worker)",
+    )
     p.add_argument("--config", metavar="PATH", help="config.toml to read (default ./config.toml)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     p.add_argument(
@@ -59,6 +65,14 @@ def _worker_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         default=None,
         help="JSON log lines (default: when stderr is not a terminal)",
     )
+
+
+async def _touch_forever(path: str, interval_s: float = 5.0) -> None:
+    from pathlib import Path
+
+    while True:
+        await asyncio.to_thread(Path(path).touch)
+        await asyncio.sleep(interval_s)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,9 +115,12 @@ async def _run_worker(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    health = asyncio.create_task(_touch_forever(args.health_file)) if args.health_file else None
     try:
         await worker.run()
     finally:
+        if health is not None:
+            health.cancel()
         await app.aclose()
     return 0
 

@@ -405,3 +405,17 @@ def test_redis_backend_serves_each_event_loop_that_uses_it() -> None:
         asyncio.run(wait_there_store_here())
     finally:
         asyncio.run(drop_keys(REDIS_URL, prefix))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("delay_s", [0.0, 0.001, 0.002, 0.003, 0.005])
+async def test_redis_cancelled_waiters_end_cancelled_and_close_returns(delay_s: float) -> None:
+    """Cancellation lands at every stage (connect, subscribe, read) and is never swallowed."""
+    backend = RedisBackend(REDIS_URL, key_prefix=f"t-{uuid4().hex}")
+    waiters = [asyncio.create_task(backend.wait(new_task_id(), timeout_s=10)) for _ in range(100)]
+    await asyncio.sleep(delay_s)
+    for w in waiters:
+        w.cancel()
+    outcomes = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 5)
+    assert all(isinstance(o, asyncio.CancelledError) for o in outcomes)
+    await asyncio.wait_for(backend.close(), 5)

@@ -62,8 +62,11 @@ class ResultBackend(abc.ABC):
                     if left <= 0:
                         raise ResultTimeout(f"task {task_id} not ready after {timeout_s:g} s")
                     remaining = min(remaining, left)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that arrives as the event is set (CPython gh-86296).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await changed.wait()
                 changed.clear()
 
     # -- storage, for subclasses ----------------------------------------------------------

@@ -24,11 +24,8 @@ class _Listener:
         self.event = asyncio.Event()
 
     def wake(self) -> None:
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self.loop:
+        """Set the event; call from a coroutine (on any loop)."""
+        if asyncio.get_running_loop() is self.loop:
             self.event.set()
         else:
             # asyncio.Event is not thread-safe: set it from its own loop.

@@ -6,6 +6,7 @@ Child -> parent: frames of an 8-byte big-endian length and a pickled reply, writ
 plain pipe so the parent can read them without blocking its event loop. Replies:
 
 - ``("ready", pid)`` once the app is imported (the warm-up handshake),
+- an empty frame when a call is received, before it starts,
 - ``("ok", value)``,
 - ``("err", type_name, message, traceback_text, rebuild)``, where ``rebuild`` says how the
   parent may recreate the exception as its own type (``None``: as a ``TaskError``).
@@ -17,6 +18,7 @@ local pipes, never over the network.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -97,6 +99,69 @@ def serve_one(app: Any, request: tuple[str, list[Any], dict[str, Any], dict[str,
                       None))
 
 
+# -- in the parent -------------------------------------------------------------------------
+
+
+class RemoteTraceback(Exception):
+    """Set as ``__cause__`` of an exception re-raised from a child: the child's traceback."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+def rebuild_exception(
+    type_name: str, message: str, tb: str, rebuild: tuple[Any, ...] | None
+) -> Exception:
+    """The exception to raise in the worker for a child's error reply.
+
+    Builtin exception types come back as themselves (same args, same message) and
+    ``Retry`` as a ``Retry``; anything else as ``TaskError(type_name, message, tb)``, as
+    user classes may not exist or unpickle in the worker.
+    """
+    kind, *data = rebuild or (None,)
+    exc: Exception | None = None
+    if kind == "task_error":
+        return TaskError(data[0], data[1], data[2] or tb)
+    if kind == "retry":
+        exc = Retry(countdown_s=data[0], reason=data[1])
+    elif kind == "builtin":
+        cls: Any = getattr(builtins, type_name, None)
+        candidate: Any = None
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            with contextlib.suppress(Exception):  # then it becomes a TaskError
+                candidate = cls(*data[0])
+        if isinstance(candidate, Exception) and safe_str(candidate) == message:
+            exc = candidate
+    if exc is None:
+        return TaskError(type_name, message, tb)
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+def decode_reply(frame: bytes) -> tuple[Any, ...]:
+    try:
+        reply = pickle.loads(frame)
+    except Exception as e:  # e.g. a result class the worker cannot import
+        raise TaskError(type(e).__name__,
+                        f"the reply of the child process cannot be unpickled: {safe_str(e)}") from e
+    assert isinstance(reply, tuple)
+    return reply
+
+
+def value_of(reply: tuple[Any, ...]) -> Any:
+    if reply[0] == "ok":
+        return reply[1]
+    _, type_name, message, tb, rebuild = reply
+    raise rebuild_exception(type_name, message, tb, rebuild)
+
+
+# -- in the child --------------------------------------------------------------------------
+
+
 def _exit_with_parent() -> None:
     """Exit when the parent dies, even in the middle of a long task (no orphans)."""
     parent = multiprocessing.parent_process()
@@ -132,4 +197,7 @@ def child_main(requests: Connection, replies: Connection, app_spec: str) -> None
             return
         if request is None:
             return
+        # An empty frame first: if this child dies before it, the parent knows the task did
+        # not start and may give it to another child.
+        write_frame(out_fd, b"")
         write_frame(out_fd, serve_one(app, request))

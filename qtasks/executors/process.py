@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import builtins
 import contextlib
 import os
-import pickle
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -25,18 +23,19 @@ from qtasks.errors import (
     ChildProcessDied,
     ConfigError,
     QTasksError,
-    Retry,
     TaskError,
     TimeLimitExceeded,
 )
 from qtasks.executors._call import wait_limited
-from qtasks.executors._child import HEADER, child_main, dumps, safe_str
+from qtasks.executors._child import HEADER, child_main, decode_reply, dumps, safe_str, value_of
 from qtasks.executors.base import Executor, Resolver, TaskCall
 
 log = structlog.get_logger("qtasks.executors")
 
 START_METHODS = ("spawn", "forkserver")
 _READ_CHUNK_BYTES = 1 << 18
+#: Tries to hand a call to a child when children die before reading it.
+_HANDOVER_ATTEMPTS = 3
 
 #: Children not yet closed, killed at interpreter exit if nobody shut their pool down
 #: (multiprocessing's own exit hook would otherwise wait for them forever).
@@ -49,63 +48,8 @@ def _kill_children_at_exit() -> None:
         child.kill()
 
 
-class RemoteTraceback(Exception):
-    """Set as ``__cause__`` of an exception re-raised from a child: the child's traceback."""
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.tb}"""'
-
-
-def _rebuild(type_name: str, message: str, tb: str, rebuild: tuple[Any, ...] | None) -> Exception:
-    """The exception to raise in the worker for a child's error reply.
-
-    Builtin exception types come back as themselves (same args, same message) and
-    ``Retry`` as a ``Retry``; anything else as ``TaskError(type_name, message, tb)``, as
-    user classes may not exist or unpickle in the worker.
-    """
-    exc: Exception | None = None
-    kind = rebuild[0] if rebuild else None
-    if kind == "task_error":
-        assert rebuild is not None
-        return TaskError(rebuild[1], rebuild[2], rebuild[3] or tb)
-    if kind == "retry":
-        assert rebuild is not None
-        exc = Retry(countdown_s=rebuild[1], reason=rebuild[2])
-    elif kind == "builtin":
-        assert rebuild is not None
-        cls = getattr(builtins, type_name, None)
-        try:
-            ok = isinstance(cls, type) and issubclass(cls, Exception)
-            candidate = cls(*rebuild[1]) if ok else None
-        except Exception:  # then it becomes a TaskError
-            candidate = None
-        if isinstance(candidate, Exception) and safe_str(candidate) == message:
-            exc = candidate
-    if exc is None:
-        return TaskError(type_name, message, tb)
-    exc.__cause__ = RemoteTraceback(tb)
-    return exc
-
-
-def _decode(frame: bytes) -> tuple[Any, ...]:
-    try:
-        reply = pickle.loads(frame)
-    except Exception as e:  # e.g. a result class the worker cannot import
-        raise TaskError(type(e).__name__,
-                        f"the reply of the child process cannot be unpickled: {safe_str(e)}") from e
-    assert isinstance(reply, tuple)
-    return reply
-
-
-def _value_of(reply: tuple[Any, ...]) -> Any:
-    if reply[0] == "ok":
-        return reply[1]
-    _, type_name, message, tb, rebuild = reply
-    raise _rebuild(type_name, message, tb, rebuild)
+class _DiedBeforeStart(ChildProcessDied):
+    """The child died before it acknowledged the call: the task did not start there."""
 
 
 class _Child:
@@ -126,6 +70,8 @@ class _Child:
         self._buffer = bytearray()
         self._waiter: asyncio.Future[bytes] | None = None
         self._during = "the task"
+        self.started = True
+        """False from sending a call until the child acknowledges it (an empty frame)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self.exited = False
         """Set once the child is seen gone (end of file on its pipe, or its sentinel)."""
@@ -160,6 +106,9 @@ class _Child:
                 break
             frame = bytes(self._buffer[HEADER.size : end])
             del self._buffer[:end]
+            if not frame:  # the child's acknowledgement: it has the call and starts it now
+                self.started = True
+                continue
             if self._waiter is not None and not self._waiter.done():
                 self._waiter.set_result(frame)
             # else: a late reply to a call already given up on; this child is being replaced
@@ -182,7 +131,12 @@ class _Child:
     async def _fail(self, waiter: asyncio.Future[bytes], during: str) -> None:
         exitcode = await self.reap()
         if not waiter.done():
-            waiter.set_exception(ChildProcessDied(exitcode, self.pid, during))
+            if self.started:
+                waiter.set_exception(ChildProcessDied(exitcode, self.pid, during))
+            else:
+                waiter.set_exception(
+                    _DiedBeforeStart(exitcode, self.pid, "the hand-over of a task")
+                )
 
     def _unwatch(self) -> None:
         if self._watching:
@@ -208,6 +162,7 @@ class _Child:
         Raises ``TimeLimitExceeded`` past ``time_limit_s`` (the child is left running: the
         caller replaces it) and ``ChildProcessDied`` if the child dies first.
         """
+        self.started = False
         try:
             # The child is idle in recv_bytes, so this write drains at once even when large.
             self._requests.send_bytes(request)
@@ -287,7 +242,9 @@ class ProcessExecutor(Executor):
     :class:`~qtasks.errors.TaskError` with the remote type name, message and traceback.
 
     ``forkserver`` starts children faster, but they see the environment of the moment the
-    fork server started, not of the moment they start: ``spawn`` is the default.
+    fork server started, not of the moment they start: ``spawn`` is the default. As with
+    any spawn-based pool, each child imports the parent's ``__main__`` module as
+    ``__mp_main__``: a script that starts a worker needs ``if __name__ == "__main__":``.
     """
 
     name = "process"
@@ -324,6 +281,8 @@ class ProcessExecutor(Executor):
         self._idle = asyncio.Event()
         self._idle.set()
         self._replacing: set[asyncio.Task[None]] = set()
+        self._dying: set[_Child] = set()
+        """Killed children not reaped yet (their slot is being refilled)."""
         self._closing = False
         self._start_lock = asyncio.Lock()
 
@@ -353,7 +312,8 @@ class ProcessExecutor(Executor):
             replies_w.close()
         child = _Child(process, requests_w, replies_r)
         try:
-            reply = _decode(await child.reply(self.start_timeout_s, "start-up (loading the app)"))
+            frame = await child.reply(self.start_timeout_s, "start-up (loading the app)")
+            reply = decode_reply(frame)
         except TimeLimitExceeded:
             child.kill()
             await child.reap()
@@ -366,9 +326,11 @@ class ProcessExecutor(Executor):
             child.close("start-up")
             raise
         if reply[0] != "ready":
-            await child.reap()
+            await child.reap()  # it exits by itself after reporting
+            child.kill()
             child.close("start-up")
-            _, type_name, message, _tb, _ = reply
+            _, type_name, message, tb, _ = reply
+            log.error("child_app_import_failed", app_spec=self.app_spec, traceback=tb)
             raise ConfigError(f"a child process could not load the app {self.app_spec!r}: "
                               f"{type_name}: {message}")
         return child
@@ -378,6 +340,7 @@ class ProcessExecutor(Executor):
         old, slot.child = slot.child, None
         if old is not None:
             old.kill()
+            self._dying.add(old)
         task = asyncio.get_running_loop().create_task(self._refill(slot, old, reason))
         self._replacing.add(task)
         task.add_done_callback(self._replacing.discard)
@@ -385,8 +348,11 @@ class ProcessExecutor(Executor):
     async def _refill(self, slot: _Slot, old: _Child | None, reason: str) -> None:
         try:
             if old is not None:
-                exitcode = await old.reap()
-                old.close()
+                try:
+                    exitcode = await old.reap()
+                finally:
+                    old.close()  # even when shutdown cancels us: its pipes must not leak
+                    self._dying.discard(old)
                 log.warning("child_replaced", slot=slot.index, pid=old.pid, exitcode=exitcode,
                             reason=reason)
             if not self._closing:
@@ -435,6 +401,21 @@ class ProcessExecutor(Executor):
         except Exception as e:  # any pickling failure
             raise TaskError("PicklingError", f"arguments of {call.task_name} cannot be sent to a "
                             f"child process: {type(e).__name__}: {safe_str(e)}") from e
+        attempt = 1
+        while True:
+            try:
+                frame = await self._run_in_a_child(request, time_limit_s)
+            except _DiedBeforeStart:
+                # The task never started (the child was dead or dying while idle): it is
+                # safe to hand it to another child, a few times.
+                if attempt >= _HANDOVER_ATTEMPTS:
+                    raise
+                attempt += 1
+                continue
+            return value_of(decode_reply(frame))
+
+    async def _run_in_a_child(self, request: bytes, time_limit_s: float | None) -> bytes:
+        """Take a free child, run the request there, and return its reply frame."""
         slot = await self._free.get()
         handed_off = False
         self._busy += 1
@@ -472,7 +453,7 @@ class ProcessExecutor(Executor):
                 self._idle.set()
             if not handed_off:
                 self._free.put_nowait(slot)
-        return _value_of(_decode(frame))
+        return frame
 
     async def shutdown(self, wait: bool = True) -> None:
         """Stop the children. With ``wait``, running calls finish first and children exit on
@@ -481,6 +462,9 @@ class ProcessExecutor(Executor):
         self._closing = True
         if wait:
             await self._idle.wait()
+        # Reap the children being replaced before stopping their replacements, so no zombie
+        # is left behind.
+        await asyncio.gather(*(c.reap() for c in list(self._dying)))
         for t in list(self._replacing):
             t.cancel()
         await asyncio.gather(*self._replacing, return_exceptions=True)
