@@ -9,13 +9,14 @@ import asyncio
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.auth import KeyRing
 from app.tasks import app as qapp
 from app.tasks import circuit_limits, run_circuit, service
 from qtasks import BackendError, BrokerError, QTasksError, State, TaskResult
@@ -122,7 +123,7 @@ class Health(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 503)
 }
 
 
@@ -171,6 +172,9 @@ class _TooLarge(Exception):
     pass
 
 
+keys = KeyRing(service.api_key_hashes)
+Owner = Depends(keys.dependency)
+
 api = FastAPI(
     title="qtasks quantum service",
     version="0.1.0",
@@ -192,8 +196,10 @@ async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
 
 @api.exception_handler(StarletteHTTPException)
 async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    kinds = {404: "NotFound", 405: "MethodNotAllowed", 413: "RequestTooLarge"}
-    return error(exc.status_code, kinds.get(exc.status_code, "HTTPError"), str(exc.detail))
+    kinds = {401: "Unauthorized", 404: "NotFound", 405: "MethodNotAllowed", 413: "RequestTooLarge"}
+    resp = error(exc.status_code, kinds.get(exc.status_code, "HTTPError"), str(exc.detail))
+    resp.headers.update(exc.headers or {})
+    return resp
 
 
 @api.exception_handler(Exception)
@@ -203,7 +209,7 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 
 
 @api.post("/tasks", status_code=202, response_model=Submitted, responses=ERRORS)
-async def submit(req: SubmitRequest) -> Any:
+async def submit(req: SubmitRequest, owner: str | None = Owner) -> Any:
     """Queue a circuit. Answers at once with the task id; the simulation runs in a worker."""
     from app.circuits import CircuitError, LimitExceeded, parse_qasm, validate
 
@@ -233,6 +239,7 @@ async def submit(req: SubmitRequest) -> Any:
                 task=run_circuit.name,
                 queue=run_circuit.queue,
                 sent_at=now_s(),
+                meta={"owner": owner} if owner else {},
             )
         )
         await run_circuit.aapply_async((req.quantum_circuit, req.shots, req.seed), task_id=task_id)
@@ -246,7 +253,7 @@ async def submit(req: SubmitRequest) -> Any:
 
 
 @api.get("/tasks/{task_id}", response_model=TaskStatus, responses=ERRORS)
-async def status(task_id: str) -> Any:
+async def status(task_id: str, owner: str | None = Owner) -> Any:
     """The task's state; its counts when it succeeded, its error when it failed."""
     if not is_valid_task_id(task_id):
         return error(404, "NotFound", "no task with this id")
@@ -254,7 +261,7 @@ async def status(task_id: str) -> Any:
         info = await (await qapp.backend()).get(task_id)
     except (BackendError, BrokerError) as e:
         return error(503, "ServiceUnavailable", f"cannot read the task: {e}")
-    if info is None:
+    if info is None or (owner is not None and info.meta.get("owner") != owner):
         return error(404, "NotFound", f"no task with id {task_id} (unknown, or its result expired)")
     return to_status(info)
 

@@ -19,11 +19,16 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from app.settings import service_settings
-from qtasks.config import load_settings
+from qtasks.config import Settings, load_settings
 from qtasks.servers import NatsServer, RedisServer, port_open
 
 RUN_DIR = Path(".run")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+Child = subprocess.Popen[bytes] | NatsServer | RedisServer
+
+
+class StartError(Exception):
+    pass
 
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:
@@ -31,43 +36,32 @@ def _host_port(url: str, default_port: int) -> tuple[str, int]:
     return u.hostname or "127.0.0.1", u.port or default_port
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.serve", description=__doc__.split("\n")[0])
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--concurrency", type=int, help="tasks per worker (default: CPU count)")
-    parser.add_argument("--executor", help="thread, process or asyncio (default from [app])")
-    args = parser.parse_args(argv)
+def _ensure_server(
+    name: str, url: str, default_port: int, started: list[tuple[str, Child]]
+) -> None:
+    host, port = _host_port(url, default_port)
+    if port_open(host, port):
+        print(f"using {name} at {url}")
+        return
+    if host not in LOOPBACK:
+        raise StartError(f"{name} does not answer at {url}")
+    server: NatsServer | RedisServer
+    if name == "NATS":
+        server = NatsServer(port, RUN_DIR / "nats")
+    else:
+        server = RedisServer(port, RUN_DIR / "redis", appendonly=True)
+    server.start()
+    started.append((f"embedded {name}", server))
+    print(f"started embedded {name} at {server.url} (data in {server.data_dir})")
 
-    settings = load_settings()
-    service = service_settings(settings)
-    started: list[tuple[str, subprocess.Popen[bytes] | NatsServer | RedisServer]] = []
+
+def _start_all(
+    args: argparse.Namespace, settings: Settings, started: list[tuple[str, Child]]
+) -> None:
+    _ensure_server("NATS", settings.nats.url, 4222, started)
+    _ensure_server("Redis", settings.redis.url, 6379, started)
     env = dict(os.environ)
-
-    nats_host, nats_port = _host_port(settings.nats.url, 4222)
-    if not port_open(nats_host, nats_port):
-        if nats_host not in LOOPBACK:
-            print(f"NATS does not answer at {settings.nats.url}", file=sys.stderr)
-            return 1
-        nats = NatsServer(nats_port, RUN_DIR / "nats")
-        nats.start()
-        started.append(("nats-server", nats))
-        print(f"started embedded NATS JetStream at {nats.url} (data in {nats.data_dir})")
-    else:
-        print(f"using NATS at {settings.nats.url}")
-
-    redis_host, redis_port = _host_port(settings.redis.url, 6379)
-    if not port_open(redis_host, redis_port):
-        if redis_host not in LOOPBACK:
-            print(f"Redis does not answer at {settings.redis.url}", file=sys.stderr)
-            return 1
-        redis = RedisServer(redis_port, RUN_DIR / "redis", appendonly=True)
-        redis.start()
-        started.append(("redis-server", redis))
-        print(f"started embedded Redis at {redis.url} (data in {redis.data_dir})")
-    else:
-        print(f"using Redis at {settings.redis.url}")
-
-    executor = args.executor or service.executor
+    executor = args.executor or service_settings(settings).executor
     worker_cmd = [
         sys.executable,
         "-m",
@@ -80,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.concurrency:
         worker_cmd += ["--concurrency", str(args.concurrency)]
+    # Own sessions: Ctrl-C reaches only us, and we stop the children in order.
     for i in range(args.workers):
-        started.append(
-            (f"worker-{i + 1}", subprocess.Popen(worker_cmd, env=env, start_new_session=True))
-        )
+        proc = subprocess.Popen(worker_cmd, env=env, start_new_session=True)
+        started.append((f"worker-{i + 1}", proc))
     host, port = settings.server.host, settings.server.port
     api_cmd = [
         sys.executable,
@@ -104,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
+
+def _supervise(started: list[tuple[str, Child]]) -> int:
     stop = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -112,27 +108,46 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    code = 0
+    while not stop:
+        for name, proc in started:
+            if isinstance(proc, subprocess.Popen) and proc.poll() is not None:
+                print(f"{name} exited with {proc.returncode}; stopping", file=sys.stderr)
+                return 1
+        time.sleep(0.2)
+    return 0
+
+
+def _stop_all(started: list[tuple[str, Child]]) -> None:
+    for name, proc in reversed(started):
+        if isinstance(proc, subprocess.Popen):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # the worker drains its running tasks
+            try:
+                proc.wait(40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        else:
+            proc.stop()
+        print(f"stopped {name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m app.serve", description="Run the API and workers."
+    )
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--concurrency", type=int, help="tasks per worker (default: CPU count)")
+    parser.add_argument("--executor", help="thread, process or asyncio (default from [app])")
+    args = parser.parse_args(argv)
+    started: list[tuple[str, Child]] = []
     try:
-        while not stop:
-            for name, proc in started:
-                if isinstance(proc, subprocess.Popen) and proc.poll() is not None:
-                    print(f"{name} exited with {proc.returncode}; stopping", file=sys.stderr)
-                    stop, code = True, 1
-            time.sleep(0.2)
+        _start_all(args, load_settings(), started)
+        return _supervise(started)
+    except StartError as e:
+        print(e, file=sys.stderr)
+        return 1
     finally:
-        for name, proc in reversed(started):
-            if isinstance(proc, subprocess.Popen):
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(40)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            else:
-                proc.stop()
-            print(f"stopped {name}")
-    return code
+        _stop_all(started)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ class ServiceSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     memory_budget_bytes: int = 4 * 1024**3
     result_wait_s: float = 0.0
     """Unused by default: POST /tasks never waits for the simulation."""
+    api_key_hashes: list[str] = []
+    """``sha256:<hex>`` of each accepted API key; empty = no authentication."""
+    metrics_require_key: bool = False
+    """With API keys on, whether GET /metrics needs one too."""
     executor: str = "process"
     """The executor the service's worker uses: Aer holds the GIL, so threads freeze the loop."""
 

@@ -11,6 +11,9 @@ from typing import Any
 
 import msgspec
 
+# Imported here, not in the task: the worker's children import this module when they
+# start, so qiskit and Aer are loaded before the first circuit arrives.
+from app.circuits import CircuitLimits, run_qasm
 from app.settings import service_settings
 from qtasks import QTasks, current_task
 
@@ -18,10 +21,8 @@ app = QTasks("quantum")
 service = service_settings(app.settings)
 
 
-def circuit_limits() -> Any:
-    """The service's limits as app.circuits.CircuitLimits (imported lazily: qiskit is heavy)."""
-    from app.circuits import CircuitLimits
-
+def circuit_limits() -> CircuitLimits:
+    """The service's limits as app.circuits.CircuitLimits."""
     fields = {f.name for f in msgspec.structs.fields(CircuitLimits)}
     return msgspec.convert(
         {k: v for k, v in msgspec.structs.asdict(service).items() if k in fields}, CircuitLimits
@@ -36,8 +37,6 @@ def aer_threads(concurrency: int) -> int:
 @app.task(name="app.run_circuit")
 def run_circuit(qasm: str, shots: int = 1024, seed: int | None = None) -> dict[str, Any]:
     """Parse an OpenQASM 3 program, run it on Qiskit Aer, return counts and timings."""
-    from app.circuits import run_qasm
-
     ctx = current_task()
     threads = aer_threads(ctx.concurrency) if ctx is not None else 0
     run = run_qasm(qasm, shots, seed=seed, limits=circuit_limits(), max_parallel_threads=threads)

@@ -70,7 +70,7 @@ class _Server:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self._own_dir = data_dir is None
-        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix=f"qtasks-{self.name}-"))
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix=f"qtasks-{self.name}-")).resolve()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir / f"{self.name}.log"
 

@@ -174,30 +174,36 @@ class Worker:
             await self._reject(d, None, ErrorInfo("DecodeError", str(e)), self.log)
             return
         tlog = self.log.bind(task_id=msg.id, task=msg.task, queue=d.queue, attempt=d.attempt)
-        try:
-            prev = await self._backend.get(msg.id)
-        except (BackendError, DecodeError) as e:
-            tlog.warning("backend_unavailable", error=str(e))
-            await self._settle(d.nak(1.0), tlog)
-            return
+        task = self.app.tasks.get(msg.task)
+        if d.attempt == 1 and task is not None and _due(msg, now_s()):
+            # The common case, a first delivery that runs now: write STARTED only if the task
+            # has no record yet, in the same round trip as the read. A record already there
+            # (a resent id that finished or was revoked, ...) takes the checks below.
+            started = msgspec_replace(
+                self._base(d, msg, None, crashes=0), state=State.STARTED, started_at=now_s()
+            )
+            try:
+                prev = await self._backend.set_if_absent(started)
+            except (BackendError, DecodeError) as e:
+                tlog.warning("backend_unavailable", error=str(e))
+                await self._settle(d.nak(1.0), tlog)
+                return
+            if prev is None:
+                await self._run(d, msg, task, started, tlog, stored=True)
+                return
+        else:
+            try:
+                prev = await self._backend.get(msg.id)
+            except (BackendError, DecodeError) as e:
+                tlog.warning("backend_unavailable", error=str(e))
+                await self._settle(d.nak(1.0), tlog)
+                return
         if prev is not None and prev.ready:
             # Done before (stored, then a crash before the ack) or revoked: do not run again.
             tlog.info("task_already_final", state=prev.state.value)
             await self._settle(d.ack(), tlog)
             return
-        task = self.app.tasks.get(msg.task)
-        base = TaskResult(
-            id=msg.id,
-            state=State.PENDING,
-            task=msg.task,
-            queue=d.queue,
-            sent_at=msg.created_at or None,
-            deliveries=d.attempt,
-            retries=prev.retries if prev else 0,
-            worker=self.name,
-            executor=self.executor.name,
-            meta=dict(prev.meta) if prev else {},
-        )
+        base = self._base(d, msg, prev)
         if task is None:
             reason = f"no task named {msg.task!r} on worker {self.name}"
             tlog.error("task_unknown")
@@ -226,23 +232,50 @@ class Worker:
             tlog.error("task_crash_loop", crashes=crashes)
             await self._reject(d, base, ErrorInfo("WorkerLost", reason), tlog)
             return
-        await self._run(
-            d, msg, task, msgspec_replace(base, meta={**base.meta, "crashes": crashes}), tlog
+        started = msgspec_replace(
+            base, state=State.STARTED, started_at=now_s(), meta={**base.meta, "crashes": crashes}
+        )
+        await self._run(d, msg, task, started, tlog, stored=False)
+
+    def _base(
+        self, d: Delivery, msg: TaskMessage, prev: TaskResult | None, **meta: Any
+    ) -> TaskResult:
+        """The task's record as this delivery starts (PENDING), carrying ``prev``'s counts."""
+        return TaskResult(
+            id=msg.id,
+            state=State.PENDING,
+            task=msg.task,
+            queue=d.queue,
+            sent_at=msg.created_at or None,
+            deliveries=d.attempt,
+            retries=prev.retries if prev else 0,
+            worker=self.name,
+            executor=self.executor.name,
+            meta={**(prev.meta if prev else {}), **meta},
         )
 
     async def _run(
-        self, d: Delivery, msg: TaskMessage, task: Task[Any, Any], base: TaskResult, tlog: Any
+        self,
+        d: Delivery,
+        msg: TaskMessage,
+        task: Task[Any, Any],
+        started: TaskResult,
+        tlog: Any,
+        *,
+        stored: bool,
     ) -> None:
+        """Run the task whose STARTED record is ``started`` (already written when ``stored``)."""
         assert self._backend is not None
-        started = msgspec_replace(base, state=State.STARTED, started_at=now_s())
-        heartbeat = asyncio.create_task(self._heartbeat(d))
+        base = started
+        heartbeat = _Heartbeat(d, max(0.05, self._broker_ack_wait_s() / 3), self.log)
         try:
-            try:
-                await self._backend.set(started)
-            except BackendError as e:
-                tlog.warning("backend_unavailable", error=str(e))
-                await self._settle(d.nak(1.0), tlog)
-                return
+            if not stored:
+                try:
+                    await self._backend.set(started)
+                except BackendError as e:
+                    tlog.warning("backend_unavailable", error=str(e))
+                    await self._settle(d.nak(1.0), tlog)
+                    return
             tlog.info("task_started")
             ctx = TaskContext(
                 task_id=msg.id,
@@ -317,7 +350,7 @@ class Worker:
             tlog.info("task_succeeded", duration_s=round(duration_s, 6))
             await self._finish(d, res, tlog)
         finally:
-            heartbeat.cancel()
+            heartbeat.stop()
 
     def _failed(self, base: TaskResult, err: ErrorInfo) -> TaskResult:
         return msgspec_replace(base, state=State.FAILURE, error=err, finished_at=now_s())
@@ -374,16 +407,50 @@ class Worker:
         tlog.warning("task_dead_lettered", reason=reason)
         await self._settle(d.term(), tlog)
 
-    async def _heartbeat(self, d: Delivery) -> None:
-        """Keep the ack deadline away while the task runs (only while this loop is free)."""
+    def _broker_ack_wait_s(self) -> float:
         assert self._broker is not None
-        interval_s = max(0.05, self._broker.ack_wait_s / 3)
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await d.in_progress()
-            except BrokerError as e:
-                self.log.warning("heartbeat_failed", error=str(e))
+        return self._broker.ack_wait_s
+
+
+def _due(msg: TaskMessage, now: float) -> bool:
+    """Whether the task may run at ``now``: not expired, and its eta (if any) has come."""
+    if msg.expires is not None and now > msg.expires:
+        return False
+    return msg.eta is None or msg.eta <= now + 0.005
+
+
+class _Heartbeat:
+    """Keeps the ack deadline away while a task runs (only while the loop is free): an
+    ``in_progress()`` every ``interval_s``. A timer, not a task per run: most tasks end
+    before the first beat, and a timer costs far less to start and cancel."""
+
+    __slots__ = ("_d", "_interval_s", "_log", "_loop", "_sending", "_stopped", "_timer")
+
+    def __init__(self, d: Delivery, interval_s: float, log: Any) -> None:
+        self._d = d
+        self._interval_s = interval_s
+        self._log = log
+        self._loop = asyncio.get_running_loop()
+        self._sending: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._timer = self._loop.call_later(interval_s, self._beat)
+
+    def _beat(self) -> None:
+        self._sending = self._loop.create_task(self._send())
+
+    async def _send(self) -> None:
+        try:
+            await self._d.in_progress()
+        except BrokerError as e:
+            self._log.warning("heartbeat_failed", error=str(e))
+        if not self._stopped:
+            self._timer = self._loop.call_later(self._interval_s, self._beat)
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._timer.cancel()
+        if self._sending is not None:
+            self._sending.cancel()
 
 
 def msgspec_replace(res: TaskResult, **changes: Any) -> TaskResult:

@@ -42,15 +42,33 @@ class ResultBackend(abc.ABC):
             result.id, encode_result(result), ttl_s or self.result_ttl_s, notify=result.ready
         )
 
+    async def set_if_absent(
+        self, result: TaskResult, ttl_s: float | None = None
+    ) -> TaskResult | None:
+        """Store ``result`` only when nothing is stored for its task yet.
+
+        Returns None when it was stored, else the record already there (left unchanged).
+        For a non-final ``result`` (no notification): the worker's STARTED on a first
+        delivery, which then needs no separate read.
+        """
+        data = await self._set_if_absent(
+            result.id, encode_result(result), ttl_s or self.result_ttl_s
+        )
+        return None if data is None else decode_result(data)
+
     async def delete(self, task_id: str) -> None:
         await self._delete(task_id)
 
     async def wait(self, task_id: str, timeout_s: float | None) -> TaskResult:
         """Wait until the task is in a final state; raise ResultTimeout after ``timeout_s``.
 
-        Subscribes before the first read, so a result stored in between is not missed.
+        A result already final is returned from one read. Otherwise this subscribes and
+        reads again before waiting, so a result stored in between is not missed.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        result = await self.get(task_id)
+        if result is not None and result.ready:
+            return result  # no subscription needed (collecting results of finished tasks)
         async with self._listen(task_id) as changed:
             while True:
                 result = await self.get(task_id)
@@ -75,6 +93,17 @@ class ResultBackend(abc.ABC):
 
     @abc.abstractmethod
     async def _set(self, task_id: str, data: bytes, ttl_s: float, *, notify: bool) -> None: ...
+
+    async def _set_if_absent(self, task_id: str, data: bytes, ttl_s: float) -> bytes | None:
+        """Store ``data`` unless the key exists; return the existing bytes (None if stored).
+
+        This default reads then writes (not atomic); backends override it with one atomic
+        operation where they have one.
+        """
+        existing = await self._get(task_id)
+        if existing is None:
+            await self._set(task_id, data, ttl_s, notify=False)
+        return existing
 
     @abc.abstractmethod
     async def _delete(self, task_id: str) -> None: ...

@@ -3,7 +3,7 @@
 Layout::
 
     <prefix>:result:<task_id>   msgpack TaskResult, written with SET ... PX <ttl>
-    <prefix>:done:<task_id>     channel; PUBLISHed in the same MULTI as the SET of a final state
+    <prefix>:done:<task_id>     channel; PUBLISHed by the same script as the SET of a final state
 
 Waiters on one event loop share one pub/sub connection (see :mod:`qtasks.backends._redis_pubsub`).
 Every redis-py exception is mapped to :class:`~qtasks.errors.BackendError` here, at the
@@ -59,12 +59,25 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
+#: SET a final result and PUBLISH its notification atomically, in one command.
+_SET_AND_PUBLISH = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+"""
+
+
+def _ttl_ms(ttl_s: float) -> int:
+    return max(1, round(ttl_s * 1000))
+
+
 class _LoopState:
     """The connections of one event loop (asyncio connections cannot cross loops)."""
 
     def __init__(self, client: aioredis.Redis, confirm_timeout_s: float) -> None:
         self.client = client
         self.notifier = Notifier(client, confirm_timeout_s=confirm_timeout_s)
+        # EVALSHA, loading the script again after a NOSCRIPT (a restarted or flushed server).
+        self.set_and_publish = client.register_script(_SET_AND_PUBLISH)
 
     async def close(self) -> None:
         try:
@@ -169,18 +182,34 @@ class RedisBackend(ResultBackend):
         return data.encode() if isinstance(data, str) else data
 
     async def _set(self, task_id: str, data: bytes, ttl_s: float, *, notify: bool) -> None:
-        client = self._state().client
-        ttl_ms = max(1, round(ttl_s * 1000))
-
-        async def write() -> None:
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.set(self.result_key(task_id), data, px=ttl_ms)
-                if notify:
-                    pipe.publish(self.done_channel(task_id), _DONE)
-                await pipe.execute()
-
+        state = self._state()
+        client = state.client
+        key = self.result_key(task_id)
+        ttl_ms = _ttl_ms(ttl_s)
         # Safe to repeat: the SET is idempotent and a second notification only costs a re-read.
-        await self._call(write, "SET")
+        if notify:
+            # SET and PUBLISH in one atomic command (a script): one round trip, and a waiter
+            # woken by the PUBLISH always finds the result.
+            channel = self.done_channel(task_id)
+            await self._call(
+                lambda: state.set_and_publish(keys=[key], args=[data, ttl_ms, channel, _DONE]),
+                "SET",
+            )
+        else:
+            await self._call(lambda: client.set(key, data, px=ttl_ms), "SET")
+
+    async def _set_if_absent(self, task_id: str, data: bytes, ttl_s: float) -> bytes | None:
+        client = self._state().client
+        key = self.result_key(task_id)
+        # SET NX GET (Redis >= 7.0): stores only when absent and returns what was there.
+        old = await self._call(
+            lambda: client.set(key, data, px=_ttl_ms(ttl_s), nx=True, get=True), "SET NX"
+        )
+        if old is None or isinstance(old, bytes):
+            return old
+        if isinstance(old, str):  # the URL asked for decode_responses
+            return old.encode()
+        raise BackendError(f"Redis SET NX GET answered {old!r}")
 
     async def _delete(self, task_id: str) -> None:
         client = self._state().client
