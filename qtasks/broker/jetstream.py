@@ -38,6 +38,11 @@ _NAME_RE = re.compile(r"[^A-Za-z0-9_-]")
 _PIPELINE_WINDOW = 512
 
 
+def redact(url: str) -> str:
+    """``url`` without passwords or tokens, for logs and errors."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
 def durable_name(stream: str, queue: str) -> str:
     """The durable consumer of ``queue`` (names may not contain '.', '*', '>' or spaces)."""
     return _NAME_RE.sub("_", f"{stream}_{queue}")
@@ -95,28 +100,53 @@ class JetStreamBroker(Broker):
         self._provisioned: set[str] = set()
         self._lock = asyncio.Lock()
         self._closing = False
+        self._auth_failed = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def connect(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
             return
         self._closing = False
-        try:
-            self._nc = await nats.connect(
+        self._auth_failed = asyncio.Event()
+        nc = NATSClient()
+        connecting = asyncio.create_task(
+            nc.connect(
                 self.url.split(","),
                 name=self._client_name,
-                connect_timeout=self.s.connect_timeout_s,
+                connect_timeout=self.s.connect_timeout_s,  # type: ignore[arg-type] # float works
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,  # ride through server restarts, forever
-                reconnect_time_wait=0.5,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type] # nats-py's hint says int
                 error_cb=self._on_error,
                 disconnected_cb=self._on_disconnect,
                 reconnected_cb=self._on_reconnect,
             )
+        )
+        # With endless reconnects nats-py retries a refused login forever: fail fast instead.
+        refused = asyncio.create_task(self._auth_failed.wait())
+        try:
+            await asyncio.wait(
+                {connecting, refused},
+                timeout=self.s.connect_timeout_s * 3,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            refused.cancel()
+        if not connecting.done() or self._auth_failed.is_set():
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+            with contextlib.suppress(Exception):
+                await nc.close()
+            why = "authorization violation" if self._auth_failed.is_set() else "timed out"
+            raise BrokerError(f"cannot connect to NATS at {redact(self.url)}: {why}")
+        try:
+            connecting.result()
         except (TimeoutError, nats.errors.Error, OSError) as e:
             raise BrokerError(
-                f"cannot connect to NATS at {self.url}: {type(e).__name__}: {e}"
+                f"cannot connect to NATS at {redact(self.url)}: {type(e).__name__}: {e}"
             ) from e
+        self._nc = nc
         self._js = self._nc.jetstream()
         self.max_payload_bytes = self._nc.max_payload
         await self._provision_streams()
@@ -141,14 +171,16 @@ class JetStreamBroker(Broker):
             raise BrokerError(f"NATS JetStream does not answer: {type(e).__name__}: {e}") from e
 
     async def _on_error(self, e: Exception) -> None:
+        if isinstance(e, nats.errors.AuthorizationError) or "Authorization Violation" in str(e):
+            self._auth_failed.set()
         log.warning("nats_error", error=f"{type(e).__name__}: {e}")
 
     async def _on_disconnect(self) -> None:
         if not self._closing:  # nats-py reports its own close as a disconnect too
-            log.warning("nats_disconnected", url=self.url)
+            log.warning("nats_disconnected", url=redact(self.url))
 
     async def _on_reconnect(self) -> None:
-        log.info("nats_reconnected", url=self.url)
+        log.info("nats_reconnected", url=redact(self.url))
 
     def _require(self) -> NATSClient:
         if self._nc is None:
