@@ -1,4 +1,5 @@
-"""The HTTP API: POST /tasks, GET /tasks/{task_id}, GET /health.
+"""The HTTP API: POST /tasks, GET /tasks/{task_id}, DELETE /tasks/{task_id}, GET /health,
+GET /metrics.
 
 Every error answers ``{"error": {"type", "message", ...}}``; no stack trace reaches a client.
 """
@@ -17,12 +18,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.auth import KeyRing
+from app.observability import (
+    TASKS_REVOKED,
+    TASKS_SUBMITTED,
+    RequestObservability,
+    metrics_response,
+    setup_logging,
+)
 from app.tasks import app as qapp
 from app.tasks import circuit_limits, run_circuit, service
 from qtasks import BackendError, BrokerError, QTasksError, State, TaskResult
 from qtasks.message import is_valid_task_id, new_task_id, now_s
 
 log = structlog.get_logger("app.api")
+setup_logging()
 
 BELL = (
     'OPENQASM 3.0; include "stdgates.inc"; qubit[2] q; bit[2] c; h q[0]; cx q[0],q[1]; '
@@ -41,8 +50,8 @@ class SubmitRequest(BaseModel):
     )
     shots: int = Field(
         default=service.default_shots,
-        ge=service.min_shots,
-        le=service.max_shots,
+        ge=circuit_limits().min_shots,
+        le=circuit_limits().max_shots,
         description="How many times to sample the circuit.",
         examples=[1024],
     )
@@ -113,7 +122,12 @@ class TaskStatus(BaseModel):
     error: ErrorBody | None = Field(default=None, description="Present on FAILURE.")
     timings: Timings
     worker: str | None = Field(default=None, description="host:pid of the worker that ran it.")
+    executor: str | None = Field(
+        default=None, description="Where it ran in the worker: process, thread or asyncio.",
+        examples=["process"],
+    )
     attempts: int = Field(default=0, description="Deliveries to a worker so far.")
+    retries: int = Field(default=0, description="Times it failed and was run again.")
 
 
 class Health(BaseModel):
@@ -123,7 +137,7 @@ class Health(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 503)
 }
 
 
@@ -182,6 +196,7 @@ api = FastAPI(
     "qtasks (NATS JetStream + Redis).",
 )
 api.add_middleware(BodyLimit, max_bytes=service.max_request_bytes)
+api.add_middleware(RequestObservability)  # outermost: counts and logs 413s too
 
 
 @api.exception_handler(RequestValidationError)
@@ -230,6 +245,7 @@ async def submit(req: SubmitRequest, owner: str | None = Owner) -> Any:
             column=getattr(e, "column", None),
         )
     task_id = new_task_id()
+    structlog.contextvars.bind_contextvars(task_id=task_id)  # on every log line of this request
     try:
         backend = await qapp.backend()
         await backend.set(
@@ -248,7 +264,8 @@ async def submit(req: SubmitRequest, owner: str | None = Owner) -> Any:
         return error(503, "ServiceUnavailable", f"cannot queue the task: {e}")
     except QTasksError as e:
         return error(413 if "exceeds" in str(e) else 400, type(e).__name__, str(e))
-    log.info("task_submitted", task_id=task_id, shots=req.shots, qubits=circuit.num_qubits)
+    log.info("task_submitted", shots=req.shots, qubits=circuit.num_qubits)
+    TASKS_SUBMITTED.inc()
     return Submitted(task_id=task_id, state=State.PENDING, status_url=f"/tasks/{task_id}")
 
 
@@ -263,6 +280,33 @@ async def status(task_id: str, owner: str | None = Owner) -> Any:
         return error(503, "ServiceUnavailable", f"cannot read the task: {e}")
     if info is None or (owner is not None and info.meta.get("owner") != owner):
         return error(404, "NotFound", f"no task with id {task_id} (unknown, or its result expired)")
+    return to_status(info)
+
+
+@api.delete("/tasks/{task_id}", response_model=TaskStatus, responses=ERRORS)
+async def revoke(task_id: str, owner: str | None = Owner) -> Any:
+    """Cancel a task; it ends REVOKED. Not started yet: it never runs. Running: the worker
+    stops it (the service's process executor kills the simulation's child process). A task
+    that already finished is left as it is: 409. Revoking a revoked task answers 200 again."""
+    if not is_valid_task_id(task_id):
+        return error(404, "NotFound", "no task with this id")
+    try:
+        backend = await qapp.backend()
+        info = await backend.get(task_id)
+        if info is None or (owner is not None and info.meta.get("owner") != owner):
+            return error(
+                404, "NotFound", f"no task with id {task_id} (unknown, or its result expired)"
+            )
+        was_revoked = info.state is State.REVOKED
+        state = await qapp.AsyncResult(task_id).arevoke()
+        info = await backend.get(task_id)
+    except (BackendError, BrokerError) as e:
+        return error(503, "ServiceUnavailable", f"cannot revoke the task: {e}")
+    if state is not State.REVOKED or info is None:
+        return error(409, "AlreadyFinished", f"task {task_id} already finished: {state.value}")
+    if not was_revoked:
+        TASKS_REVOKED.inc()
+        log.info("task_revoked")
     return to_status(info)
 
 
@@ -297,12 +341,26 @@ def to_status(info: TaskResult) -> TaskStatus:
         error=err,
         timings=t,
         worker=r.get("worker") or info.worker,
+        executor=info.executor,
         attempts=info.deliveries,
+        retries=info.retries,
     )
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(b - a, 6)
+
+
+@api.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Any:
+    """Prometheus metrics of this API process (requests by route and status, latencies,
+    tasks submitted and revoked). ``[app] metrics_enabled = false`` turns the route off
+    (404); with API keys on, ``metrics_require_key = true`` asks for one (401)."""
+    if not service.metrics_enabled:
+        return error(404, "NotFound", "metrics are disabled")
+    if service.metrics_require_key:
+        keys.owner(request.headers.get("authorization"))  # raises 401 without a valid key
+    return metrics_response()
 
 
 @api.get("/health", response_model=Health, responses={503: {"model": Health}})

@@ -111,7 +111,7 @@ class CircuitRun(msgspec.Struct, frozen=True):
 
 
 # ---------------------------------------------------------------------------------------------
-# Parsing
+# Parsing and counting
 
 
 @dataclass
@@ -120,8 +120,8 @@ class _Stats:
     measurements: int = 0
     dynamic: bool = False
     unsupported: set[str] = field(default_factory=set)
-    """Control flow Aer cannot run or we cannot bound: while_loop, box."""
-    memo: dict[int, int] = field(default_factory=dict)
+    """What Aer cannot run or we cannot bound: while_loop, box, for_loop_repeats."""
+    memo: dict[int, tuple[QuantumCircuit, int]] = field(default_factory=dict)
 
 
 def _walk(circuit: QuantumCircuit, stats: _Stats, *, top: bool) -> int:
@@ -160,20 +160,21 @@ def _operation_size(operation: Any, stats: _Stats) -> int:
     # Only gates the importer built from `gate` definitions are expanded: asking a library gate
     # (a UnitaryGate, an MCX) for its definition would run a synthesis.
     if type(operation) is Gate and operation.definition is not None:
-        key = id(operation.definition)
-        if key not in stats.memo:
-            stats.memo[key] = _walk(operation.definition, stats, top=False)
-        return stats.memo[key]
+        definition = operation.definition
+        if id(definition) not in stats.memo:
+            # The definition is kept in the memo so its id cannot be reused by another object.
+            stats.memo[id(definition)] = (definition, _walk(definition, stats, top=False))
+        return stats.memo[id(definition)][1]
     if isinstance(operation, ControlledGate) and type(operation.base_gate) is Gate:
-        factor = CUSTOM_CTRL_FACTOR * operation.num_ctrl_qubits
+        factor: int = CUSTOM_CTRL_FACTOR * operation.num_ctrl_qubits
         return min(factor * _operation_size(operation.base_gate, stats), CAP)
     return 1
 
 
 def _loop_length(indexset: Any) -> int:
     if isinstance(indexset, range):  # len() overflows past sys.maxsize
-        step = indexset.step
-        span = indexset.stop - indexset.start
+        step: int = indexset.step
+        span: int = indexset.stop - indexset.start
         return max(0, (span + step - (1 if step > 0 else -1)) // step)
     return len(indexset)
 
@@ -344,7 +345,7 @@ def _count_segments(circuit: QuantumCircuit) -> list[list[int]]:
     return [*segments, loose] if loose else segments
 
 
-def shape_counts(hex_counts: dict[str, int], circuit: QuantumCircuit) -> dict[str, int]:
+def _shape_counts(hex_counts: dict[str, int], circuit: QuantumCircuit) -> dict[str, int]:
     """Aer's raw ``{"0x5": n}`` counts as Qiskit-format bitstrings (module docstring)."""
     segments = _count_segments(circuit)
     width = circuit.num_clbits
@@ -402,6 +403,11 @@ def run(
         options["seed_simulator"] = seed
     if max_memory_mb > 0:
         options["max_memory_mb"] = max_memory_mb
+    if any(isinstance(instruction.operation, ControlFlowOp) for instruction in compiled.data):
+        # qiskit-aer 0.18 fails with "Failed to load circuits: unordered_map::at" on some
+        # circuits with several if blocks (`if (c[2]) x q[1]; if (c[1]) x q[0];`) unless it
+        # keeps idle qubits; the cost estimate counts every declared qubit anyway.
+        options["enable_truncation"] = False
     try:
         result = backend.run(compiled, **options).result()
     except Exception as e:  # AerError on options or circuits it refuses outright
@@ -413,7 +419,7 @@ def run(
         status = re.sub(r"^ERROR:\s*(\[Experiment \d+\]\s*)?", "", status.strip())
         raise SimulationFailed(f"Aer could not simulate the circuit: {status}")
     return CircuitRun(
-        counts=shape_counts(dict(experiment.data.counts), circuit),
+        counts=_shape_counts(dict(getattr(experiment.data, "counts", {})), circuit),
         shots=shots,
         num_qubits=circuit.num_qubits,
         num_clbits=circuit.num_clbits,
@@ -434,14 +440,23 @@ def run_qasm(
     limits: CircuitLimits | None = None,
     max_parallel_threads: int = 0,
     method: str = "automatic",
+    max_memory_mb: int = 0,
 ) -> CircuitRun:
-    """Parse, validate and run an OpenQASM 3 program; the one call the service's task makes."""
+    """Parse, validate and run an OpenQASM 3 program; the one call the service's task makes.
+
+    ``parse_s`` in the result covers the precheck, parsing, conversion and validation.
+    """
     limits = limits or CircuitLimits()
     started = time.perf_counter()
     circuit, stats = _parse_checked(source, limits)
     _validate(circuit, stats, shots, limits)
     parse_s = time.perf_counter() - started
     outcome = run(
-        circuit, shots, seed=seed, max_parallel_threads=max_parallel_threads, method=method
+        circuit,
+        shots,
+        seed=seed,
+        max_parallel_threads=max_parallel_threads,
+        method=method,
+        max_memory_mb=max_memory_mb,
     )
     return msgspec.structs.replace(outcome, parse_s=parse_s)

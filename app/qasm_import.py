@@ -20,13 +20,19 @@ per nested block) becomes LimitExceeded on ``max_nesting_depth``.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from antlr4 import CommonTokenStream, InputStream
 from antlr4.error.ErrorListener import ErrorListener
 from openqasm3 import ast
-from openqasm3.parser import QASM3ParsingError, QASMNodeVisitor, qasm3Lexer, qasm3Parser
+from openqasm3.parser import (  # type: ignore[attr-defined]  # what openqasm3.parse uses
+    QASM3ParsingError,
+    QASMNodeVisitor,
+    qasm3Lexer,
+    qasm3Parser,
+)
 from qiskit import QuantumCircuit
 from qiskit.circuit import ClassicalRegister
 from qiskit_qasm3_import.converter import ConvertVisitor
@@ -42,6 +48,9 @@ from app.qasm_limits import (
 
 CAP = 1 << 62
 """Counts saturate here: exponential gate chains stay small ints, still far over any limit."""
+UNITARY_WEIGHT_DIVISOR = 8192
+"""One ``pow @`` operation on n qubits weighs 1 + 4^n / 8192: measured ~0.25 ms of CPU per
+operation on small gates and ~1.8 ms on 8-qubit ones (weight 9)."""
 CUSTOM_CTRL_FACTOR = 32
 """``ctrl(k) @`` on a custom gate: Qiskit re-synthesises each of its operations with k
 controls; measured ~30 operations per control per gate operation after transpiling."""
@@ -63,11 +72,14 @@ class _Tally:
     """Of those, the ones Aer unrolls from ``for`` loops."""
     instances: int = 0
     """Custom-gate objects the importer builds (loop bodies are converted once)."""
+    unitary_ops: int = 0
+    """Operations the importer multiplies into ``pow @`` matrices, weighted by matrix size."""
 
     def add(self, other: _Tally) -> None:
         self.ops = _add(self.ops, other.ops)
         self.loop_ops = _add(self.loop_ops, other.loop_ops)
         self.instances = _add(self.instances, other.instances)
+        self.unitary_ops = _add(self.unitary_ops, other.unitary_ops)
 
 
 @dataclass(frozen=True)
@@ -80,10 +92,11 @@ class _Gate:
 _STANDARD = _Gate(ops=1, instances=0, custom=False)
 
 
-def _where(node: ast.QASMNode) -> dict[str, int | None]:
+def _where(node: ast.QASMNode) -> tuple[int | None, int | None]:
+    """1-based (line, column) of a node (ANTLR columns start at 0)."""
     if node.span is None:
-        return {"line": None, "column": None}
-    return {"line": node.span.start_line, "column": node.span.start_column + 1}
+        return None, None
+    return node.span.start_line, node.span.start_column + 1
 
 
 def const_int(node: ast.Expression | None) -> int | None:
@@ -97,12 +110,16 @@ def const_int(node: ast.Expression | None) -> int | None:
     if isinstance(node, ast.UnaryExpression) and node.op.name == "-":
         value = const_int(node.expression)
         return None if value is None else -value
-    if isinstance(node, ast.BinaryExpression) and node.op.name in "+-*/":
+    if isinstance(node, ast.BinaryExpression) and node.op.name in ("+", "-", "*", "/"):
         lhs, rhs = const_int(node.lhs), const_int(node.rhs)
         if lhs is None or rhs is None or (node.op.name == "/" and rhs == 0):
             return None
-        ops = {"+": lhs + rhs, "-": lhs - rhs, "*": lhs * rhs}
-        value = ops[node.op.name] if node.op.name in ops else lhs // rhs
+        if node.op.name == "+":
+            value = lhs + rhs
+        elif node.op.name == "-":
+            value = lhs - rhs
+        else:
+            value = lhs * rhs if node.op.name == "*" else lhs // rhs
         return max(-CAP, min(value, CAP))
     return None
 
@@ -136,7 +153,7 @@ class ProgramBounds:
         """Walk ``program``; the totals it returns are within the limits."""
         return self._block(program.statements, frozenset())
 
-    def _block(self, statements: list[ast.Statement], params: frozenset[str]) -> _Tally:
+    def _block(self, statements: Sequence[ast.QASMNode], params: frozenset[str]) -> _Tally:
         tally = _Tally()
         for statement in statements:
             tally.add(self._statement(statement, params))
@@ -159,13 +176,19 @@ class ProgramBounds:
                 limits.max_custom_gate_instances,
                 "custom gate instances once gate definitions are expanded",
             ),
+            (
+                "max_unitary_operations",
+                tally.unitary_ops,
+                limits.max_unitary_operations,
+                "operations to multiply into 'pow @' matrices",
+            ),
         )
         for limit, value, maximum, what in checks:
             if value > maximum:
                 shown = f"at least {value}" if value < CAP else "more than 4e18"
-                raise LimitExceeded(
-                    limit, value, maximum, f"program has {shown} {what}", **_where(node)
-                )
+                line, column = _where(node)
+                description = f"program has {shown} {what}"
+                raise LimitExceeded(limit, value, maximum, description, line=line, column=column)
 
     def _statement(self, node: ast.QASMNode, params: frozenset[str]) -> _Tally:
         if isinstance(node, ast.QuantumGate):
@@ -175,24 +198,24 @@ class ProgramBounds:
             body = self._block(node.body, inner)
             self.gates[node.name.name] = _Gate(body.ops, _add(1, body.instances), custom=True)
             # Defining a gate already instantiates every custom gate its body calls.
-            return _Tally(instances=body.instances)
+            return _Tally(instances=body.instances, unitary_ops=body.unitary_ops)
         if isinstance(node, ast.ForInLoop):
             iterations = loop_iterations(node.set_declaration)
             if iterations is None:
                 raise UnsupportedProgram(
                     "for-loop ranges must be integer constants such as [0:9] or {0, 2, 4}",
-                    **_where(node),
+                    *_where(node),
                 )
             body = self._block(node.block, params)
             # Aer unrolls every iteration in Python, an empty one too.
             unrolled = _mul(iterations, max(1, body.ops))
-            return _Tally(ops=unrolled, loop_ops=unrolled, instances=body.instances)
+            return _Tally(unrolled, unrolled, body.instances, body.unitary_ops)
         if isinstance(node, ast.WhileLoop):
             raise UnsupportedProgram(
                 "'while' loops are not supported: their length cannot be bounded before "
                 "simulation (a loop on a bit that never changes would never end); "
                 "use a 'for' loop over a fixed range",
-                **_where(node),
+                *_where(node),
             )
         if isinstance(node, ast.BranchingStatement):
             tally = _Tally(ops=1)
@@ -224,7 +247,7 @@ class ProgramBounds:
         size = 1 if size_node is None else const_int(size_node)
         if size is None:
             raise UnsupportedProgram(
-                "register sizes must be integer constants such as qubit[5]", **_where(node)
+                "register sizes must be integer constants such as qubit[5]", *_where(node)
             )
         self.registers[name] = max(0, size)
         if quantum:
@@ -236,9 +259,9 @@ class ProgramBounds:
             what = "classical "
         if total > maximum:
             unit = "qubits" if quantum else "bits"
-            raise LimitExceeded(
-                limit, total, maximum, f"program has {total} {what}{unit}", **_where(node)
-            )
+            line, column = _where(node)
+            description = f"program has {total} {what}{unit}"
+            raise LimitExceeded(limit, total, maximum, description, line=line, column=column)
 
     def _gate_call(self, node: ast.QuantumGate, params: frozenset[str]) -> _Tally:
         gate = self.gates.get(node.name.name, _STANDARD)
@@ -251,31 +274,37 @@ class ProgramBounds:
                 count = 1 if modifier.argument is None else const_int(modifier.argument)
                 if count is None:
                     raise UnsupportedProgram(
-                        "the number of controls must be an integer constant", **_where(modifier)
+                        "the number of controls must be an integer constant", *_where(modifier)
                     )
                 controls += count
         if controls > len(node.qubits):
             raise QasmSemanticError(
                 f"the modifiers add {controls} control qubits but the call names only "
                 f"{len(node.qubits)} qubits",
-                **_where(node),
+                *_where(node),
             )
         if power and len(node.qubits) > self.limits.max_unitary_qubits:
+            line, column = _where(node)
             raise LimitExceeded(
                 "max_unitary_qubits",
                 len(node.qubits),
                 self.limits.max_unitary_qubits,
                 f"'pow @' builds the full unitary matrix of a {len(node.qubits)}-qubit gate",
-                **_where(node),
+                line=line,
+                column=column,
             )
+        unitary_ops = 0
         if power:
             ops = 1  # Qiskit replaces the gate by one UnitaryGate
+            # Built once per statement, multiplying in the gate's operations one by one.
+            weight = 1 + (1 << (2 * len(node.qubits))) // UNITARY_WEIGHT_DIVISOR
+            unitary_ops = _mul(max(1, gate.ops), weight)
         elif controls:
             ops = _mul(gate.ops, CUSTOM_CTRL_FACTOR * controls if gate.custom else controls)
         else:
             ops = gate.ops
         width = max((self._width(qubit, params) for qubit in node.qubits), default=1)
-        return _Tally(ops=_mul(width, ops), instances=_mul(width, gate.instances))
+        return _Tally(_mul(width, ops), 0, _mul(width, gate.instances), unitary_ops)
 
     def _width(self, node: ast.QASMNode, params: frozenset[str]) -> int:
         """How many qubits an argument names (a broadcast repeats the gate that often)."""
@@ -356,7 +385,7 @@ def parse_ast(text: str, limits: CircuitLimits) -> ast.Program:
         recognizer.removeErrorListeners()
         recognizer.addErrorListener(_RaisingListener())
     try:
-        program: ast.Program = QASMNodeVisitor().visitProgram(parser.program())
+        program: ast.Program = QASMNodeVisitor().visitProgram(parser.program())  # type: ignore[no-untyped-call]
     except _SyntaxProblem as e:
         raise QasmSyntaxError(_syntax_message(e.message), line=e.line, column=e.column) from None
     except QASM3ParsingError as e:

@@ -73,6 +73,9 @@ class CircuitLimits(msgspec.Struct, frozen=True, kw_only=True):
     included (~0.1-0.3 ms and ~10 KB each, measured)."""
     max_unitary_qubits: int = 8
     """``pow(k) @`` makes Qiskit build the gate's full 4^n-entry unitary matrix."""
+    max_unitary_operations: int = 2_000
+    """Operations Qiskit multiplies into ``pow @`` matrices (~0.25 ms of CPU each, measured;
+    an operation of an 8-qubit gate counts 9): about a second at the limit."""
     max_work: int = 200_000_000_000
     """Operations x simulated shots x 2^qubits (amplitude updates). Measured ~1.35 ns each on
     2 cores, so the default is ~5 minutes. A dynamic circuit (mid-circuit measurement,

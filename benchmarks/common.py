@@ -9,7 +9,6 @@ import datetime as dt
 import os
 import platform
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -68,11 +67,13 @@ async def cleanup(env: Mapping[str, str]) -> None:
 class WorkerProcess:
     """``python -m qtasks worker`` as a subprocess; its log goes to a temporary file."""
 
-    def __init__(self, env: Mapping[str, str], app_spec: str, *args: str) -> None:
+    def __init__(self, env: Mapping[str, str], app_spec: str, *args: str,
+                 queue: str = "default") -> None:
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.queue = queue
         self.cmd = [sys.executable, "-m", "qtasks", "worker", "-A", app_spec, "--log-json",
                     "--log-level", os.environ.get("QTASKS_BENCH_WORKER_LOG_LEVEL", "INFO"),
-                    *args]
+                    "--queues", queue, *args]
         self.log_path = Path("/tmp") / f"qtasks-bench-worker-{uuid.uuid4().hex[:8]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -82,22 +83,44 @@ class WorkerProcess:
         return self.proc.pid
 
     def start(self, timeout_s: float = 120.0) -> WorkerProcess:
-        """Start and wait until the worker is ready (connected, executor warm)."""
+        """Start and wait until the worker is ready: connected, executor warm, and pulling
+        (its pull request waits on the queue's consumer; this works at any log level)."""
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=ROOT, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited at start:\n{self.log()[-3000:]}")
-            if self._ready():
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"worker not ready after {timeout_s} s:\n{self.log()[-3000:]}")
+        try:
+            asyncio.run(self._wait_pulling(timeout_s))
+        except BaseException:
+            self.stop(keep_log=True)
+            raise
+        return self
 
-    def _ready(self) -> bool:
-        return "worker_started" in self.log()
+    async def _wait_pulling(self, timeout_s: float) -> None:
+        import nats
+        import nats.js.errors
+
+        from qtasks.broker.jetstream import durable_name
+        from qtasks.config import load_settings
+
+        s = load_settings(self.env["QTASKS_CONFIG"], env=self.env).nats
+        nc = await nats.connect(s.url)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"worker exited at start:\n{self.log()[-3000:]}")
+                try:
+                    info = await nc.jetstream().consumer_info(
+                        s.stream, durable_name(s.stream, self.queue))
+                    if (info.num_waiting or 0) > 0:
+                        return
+                except nats.js.errors.NotFoundError:
+                    pass
+                await asyncio.sleep(0.05)
+            raise RuntimeError(f"worker not ready after {timeout_s} s:\n{self.log()[-3000:]}")
+        finally:
+            await nc.close()
 
     def log(self) -> str:
         try:
@@ -105,7 +128,7 @@ class WorkerProcess:
         except OSError:
             return ""
 
-    def stop(self) -> None:
+    def stop(self, keep_log: bool = False) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -113,13 +136,14 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        self.log_path.unlink(missing_ok=True)
+        if not keep_log:
+            self.log_path.unlink(missing_ok=True)
 
 
 def start_worker(env: Mapping[str, str], app_spec: str, *args: str,
-                 timeout_s: float = 120.0) -> WorkerProcess:
-    """A started worker (connected, executor warm, consumer bound)."""
-    return WorkerProcess(env, app_spec, *args).start(timeout_s)
+                 timeout_s: float = 120.0, queue: str = "default") -> WorkerProcess:
+    """A started worker of ``queue`` (connected, executor warm, pulling)."""
+    return WorkerProcess(env, app_spec, *args, queue=queue).start(timeout_s)
 
 
 class RssSampler:
@@ -199,10 +223,6 @@ def machine_line(m: Mapping[str, Any]) -> str:
             f"Python {m['python']}, {m['platform']}")
 
 
-def median_spread(values: Sequence[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def percentile(sorted_values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile of already sorted values."""
     if not sorted_values:
@@ -216,6 +236,3 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)
 
-
-def run_async(coro: Any) -> Any:
-    return asyncio.run(coro)

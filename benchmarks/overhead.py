@@ -162,8 +162,14 @@ async def measure_floor(env: dict[str, str], n: int, n_latency: int, n_batch: in
 
 
 # -- qtasks ---------------------------------------------------------------------------------
-async def measure_qtasks(n: int, n_latency: int, n_batch: int) -> dict[str, Any]:
+def queue_of(row: str) -> str:
+    return f"noop-{row.split(':')[1]}"
+
+
+async def measure_qtasks(queue: str, n: int, n_latency: int, n_batch: int) -> dict[str, Any]:
     from benchmarks.noop_app import app, noop
+
+    noop.queue = queue  # adelay and amap send to the task's queue
 
     async def send(x: int) -> Any:
         return await noop.adelay(x)
@@ -283,9 +289,11 @@ def run_rows(env: dict[str, str], args: argparse.Namespace, rows: list[str]
         for row in rows:
             if row == "floor":
                 workers[row] = FloorWorker(env, args.concurrency)
-            elif row == "qtasks":
+            elif row.startswith("qtasks:"):
+                # Each executor's worker has a queue of its own; the client sends there.
                 workers[row] = start_worker(env, "benchmarks.noop_app:app", "--executor",
-                                            args.executor, "--concurrency", str(args.concurrency))
+                                            row.split(":")[1], "--concurrency",
+                                            str(args.concurrency), queue=queue_of(row))
             else:
                 raise SystemExit(f"unknown row {row!r} (floor, qtasks)")
             samplers[row] = RssSampler(workers[row].pid).__enter__()
@@ -302,7 +310,7 @@ def run_rows(env: dict[str, str], args: argparse.Namespace, rows: list[str]
                             measure_floor(env, args.tasks, args.latency, args.batch)))
                     else:
                         runs[row].append(asyncio.run(
-                            measure_qtasks(args.tasks, args.latency, args.batch)))
+                            measure_qtasks(queue_of(row), args.tasks, args.latency, args.batch)))
                     bar.update()
     finally:
         for s in samplers.values():
@@ -312,7 +320,7 @@ def run_rows(env: dict[str, str], args: argparse.Namespace, rows: list[str]
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
         name = ("floor (nats-py + redis-py)" if row == "floor"
-                else f"qtasks ({args.executor} executor, {args.concurrency} slots)")
+                else f"qtasks ({row.split(':')[1]} executor, {args.concurrency} slots)")
         out[name] = {**aggregate(runs[row]), "idle_rss_bytes": idle[row],
                      "peak_rss_bytes": samplers[row].peak_bytes}
     return out
@@ -359,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency", type=int, help="round trips (default 200; quick 50)")
     p.add_argument("--batch", type=int, help="batch-send tasks (default 2000; quick 200)")
     p.add_argument("--concurrency", type=int, default=4, help="worker slots (default 4)")
-    p.add_argument("--executor", default="thread", choices=["thread", "process", "asyncio"])
+    p.add_argument("--executor", default="thread,asyncio",
+                   help="comma-separated executors, one qtasks row each (default thread,asyncio;"
+                   " the targets are checked on the first)")
     p.add_argument("--rows", default="floor,qtasks", help="comma-separated: floor,qtasks")
     p.add_argument("--repeats", type=int, help="rounds over the rows; medians reported "
                    "(default 3; quick 1)")
@@ -381,8 +391,12 @@ def main(argv: list[str] | None = None) -> int:
 
     env = isolated_env()
     os.environ.update(env)  # the client's app reads its settings at import
+    executors = args.executor.split(",")
+    names = [r for r in args.rows.split(",") if r != "qtasks"]
+    if "qtasks" in args.rows.split(","):
+        names += [f"qtasks:{e}" for e in executors]
     try:
-        rows = run_rows(env, args, args.rows.split(","))
+        rows = run_rows(env, args, names)
     finally:
         asyncio.run(cleanup(env))
 
@@ -397,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "overhead.json").write_text(json.dumps(
         {"machine": m, "targets": TARGETS, "rows": rows,
-         "settings": {"executor": args.executor, "concurrency": args.concurrency,
+         "settings": {"executors": executors, "concurrency": args.concurrency,
                       "repeats": args.repeats}}, indent=2)
         + "\n")
     (out_dir / "overhead.md").write_text("\n".join(text) + "\n")

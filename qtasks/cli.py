@@ -1,4 +1,6 @@
-"""The ``qtasks`` command: ``qtasks worker -A module[:app]`` and friends."""
+"""The ``qtasks`` command: ``qtasks worker -A module[:app]`` and the operator commands
+(``status``, ``inspect``, ``purge``, ``revoke`` in :mod:`qtasks.cli_ops`, ``dlq`` in
+:mod:`qtasks.cli_dlq`)."""
 
 from __future__ import annotations
 
@@ -57,13 +59,30 @@ def _worker_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="touch this file every 5 s while the worker's event loop is alive "
         "(for container health checks: stale file = stuck worker)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (default: off; [worker] metrics_port)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        metavar="ADDR",
+        help="address for the metrics server (default 127.0.0.1; 0.0.0.0 in a container)",
+    )
     p.add_argument("--config", metavar="PATH", help="config.toml to read (default ./config.toml)")
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    _log_args(p)
+
+
+def _log_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default INFO)"
+    )
     p.add_argument(
         "--log-json",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="JSON log lines (default: when stderr is not a terminal)",
+        help="JSON log lines (default: when stderr is not a terminal; QTASKS_LOG_FORMAT)",
     )
 
 
@@ -79,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qtasks", description="qtasks: tasks on NATS JetStream")
     sub = parser.add_subparsers(dest="command", required=True)
     _worker_parser(sub)
+    from qtasks import cli_dlq, cli_ops
+
+    cli_ops.add_parsers(sub)
+    cli_dlq.add_parsers(sub)
     return parser
 
 
@@ -92,6 +115,8 @@ async def _run_worker(args: argparse.Namespace) -> int:
             "max_concurrent_tasks": args.concurrency,
             "queues": args.queues.split(",") if args.queues else None,
             "shutdown_grace_s": args.shutdown_grace,
+            "metrics_port": args.metrics_port,
+            "metrics_host": args.metrics_host,
         }
     }
     if args.config or any(v is not None for v in overrides["worker"].values()):
@@ -125,16 +150,31 @@ async def _run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _run_op(args: argparse.Namespace) -> int:
+    from qtasks.cli_ops import ops_app
+
+    app = ops_app(args)
+    try:
+        rc: int = await args.op(app, args)
+        return rc
+    finally:
+        await app.aclose()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        configure_logging(args.log_level, args.log_json)
         if args.command == "worker":
+            configure_logging(args.log_level, args.log_json)
             return asyncio.run(_run_worker(args))
+        # Operator commands print for people (or --json); only warnings are logged.
+        configure_logging("WARNING")
+        return asyncio.run(_run_op(args))
     except QTasksError as e:
         print(f"qtasks: error: {e}", file=sys.stderr)
         return 2
-    return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -62,6 +62,14 @@ class WorkerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Deliveries lost to crashes (not retries) before a task is dead-lettered."""
     result_store_retry_s: float = 60.0
     """How long the worker keeps retrying a failed result write before giving up the ack."""
+    metrics_port: int = 0
+    """Serve Prometheus metrics on this port (0: off)."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics server binds (0.0.0.0 in a container Prometheus scrapes)."""
+    heartbeat_process: bool = True
+    """Thread and asyncio executors: also send heartbeats from a small helper process, so a
+    task that holds the GIL (Qiskit Aer simulating) and so freezes the worker's event loop
+    is not redelivered to another worker after ack_wait."""
 
     @property
     def concurrency(self) -> int:
@@ -75,6 +83,8 @@ class Settings(msgspec.Struct, frozen=True):
     worker: WorkerSettings = WorkerSettings()
     app: dict[str, Any] = {}
     """Free-form section for the application built on qtasks (read with :func:`section`)."""
+    app_env: dict[str, str] = {}
+    """The ``QTASKS_APP_*`` variables seen at load time: pass as ``env`` to :func:`section`."""
 
 
 _SECTIONS: dict[str, type[msgspec.Struct]] = {
@@ -85,9 +95,12 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
 }
 
 
-def _env_value(raw: str) -> Any:
-    """Env values are strings; lists are comma-separated."""
-    return [p.strip() for p in raw.split(",") if p.strip()] if "," in raw else raw
+def _env_value(raw: str, field_type: Any) -> Any:
+    """Env values are strings; a list field's is comma-separated. Other fields keep their
+    commas (``QTASKS_NATS_URL=nats://a:4222,nats://b:4222`` lists a cluster's servers)."""
+    if field_type == list[str]:
+        return [p.strip() for p in raw.split(",") if p.strip()]
+    return raw
 
 
 def section(
@@ -103,10 +116,7 @@ def section(
     for field in msgspec.structs.fields(cls):
         key = f"QTASKS_{name.upper()}_{field.name.upper()}"
         if key in env:
-            value: Any = _env_value(env[key])
-            if field.type == list[str] and isinstance(value, str):
-                value = [value]
-            merged[field.name] = value
+            merged[field.name] = _env_value(env[key], field.type)
     merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return msgspec.convert(merged, cls, strict=False)
@@ -155,4 +165,5 @@ def load_settings(
         redis=part("redis", RedisSettings),
         worker=part("worker", WorkerSettings),
         app=dict(data.get("app", {})),
+        app_env={k: v for k, v in env.items() if k.startswith("QTASKS_APP_")},
     )

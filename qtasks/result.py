@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+import structlog
+
 from qtasks._loop import run_sync
-from qtasks.errors import TaskError, TaskRevoked, TimeLimitExceeded
+from qtasks.errors import BackendError, TaskError, TaskRevoked, TimeLimitExceeded
 from qtasks.message import READY_STATES, State, TaskResult
 
 if TYPE_CHECKING:
     from qtasks.app import QTasks
 
 R = TypeVar("R")
+
+log = structlog.get_logger("qtasks.result")
+
+#: Pause between attempts to wait again while the backend is unreachable.
+_OUTAGE_RETRY_S = 0.25
 
 
 class AsyncResult(Generic[R]):
@@ -41,11 +50,58 @@ class AsyncResult(Generic[R]):
         """Wait for the outcome, at most ``timeout`` seconds (ResultTimeout after that).
 
         A failed task raises :class:`TaskError` with the remote type, message and traceback
-        (or returns it when ``propagate`` is False).
+        (or returns it when ``propagate`` is False). A backend outage (a Redis restart) is
+        ridden through until ``timeout``; :class:`BackendError` only when it outlasts it.
         """
-        info = await (await self.app.backend()).wait(self.id, timeout)
+        info = await self._wait_final(timeout)
         value: R = self._outcome(info, propagate)
         return value
+
+    async def _wait_final(self, timeout_s: float | None) -> TaskResult:
+        """The backend's ``wait``, started again after each ``BackendError`` until the deadline:
+        the backend itself gives up after a few seconds of outage, a caller's timeout may be
+        much longer."""
+        backend = await self.app.backend()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        outage_since: float | None = None
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                info = await backend.wait(self.id, left)
+            except BackendError as e:
+                if deadline is not None and time.monotonic() + _OUTAGE_RETRY_S >= deadline:
+                    raise
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    log.debug("result_backend_unavailable", task_id=self.id, error=str(e))
+                await asyncio.sleep(_OUTAGE_RETRY_S)
+                continue
+            if outage_since is not None:
+                log.debug(
+                    "result_backend_restored",
+                    task_id=self.id,
+                    down_s=round(time.monotonic() - outage_since, 3),
+                )
+            return info
+
+    async def arevoke(self, terminate: bool = True, reason: str | None = None) -> State:
+        """Cancel the task: it is marked REVOKED unless it already finished.
+
+        Not started yet: it will never run (a worker acks its message without running it).
+        Running, with ``terminate``: every worker is told; one running it in the process
+        executor kills the child (the slot gets a fresh one), the asyncio executor cancels
+        it at its next ``await``; a thread cannot be stopped, so the thread executor lets it
+        finish and discards the result. In every case the state stays REVOKED and
+        :meth:`get` raises :class:`~qtasks.errors.TaskRevoked`.
+
+        Returns the state afterwards: REVOKED, or SUCCESS/FAILURE if it finished first.
+        """
+        from qtasks.control import announce_revoke
+
+        info = await (await self.app.backend()).revoke(self.id, reason)
+        if info.state is State.REVOKED and terminate:
+            await announce_revoke(self.app, self.id)
+        return info.state
 
     # -- sync ---------------------------------------------------------------------------------
     def info(self) -> TaskResult | None:
@@ -63,6 +119,10 @@ class AsyncResult(Generic[R]):
     def get(self, timeout: float | None = None, propagate: bool = True) -> R:
         """Block until the outcome is ready; see :meth:`aget`."""
         return run_sync(self.aget(timeout, propagate))
+
+    def revoke(self, terminate: bool = True, reason: str | None = None) -> State:
+        """Cancel the task; see :meth:`arevoke`."""
+        return run_sync(self.arevoke(terminate, reason))
 
     def ready(self) -> bool:
         return self.state in READY_STATES

@@ -73,6 +73,16 @@ class _Server:
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix=f"qtasks-{self.name}-")).resolve()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir / f"{self.name}.log"
+        self._log_start = 0
+
+    def log(self) -> str:
+        """What the server logged since its last start."""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(self._log_start)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -80,6 +90,8 @@ class _Server:
     def start(self, timeout_s: float = 10.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
+        # A restart appends to the same log: readiness is judged on what this run writes.
+        self._log_start = log.tell()
         self.proc = subprocess.Popen(
             self.command(),
             stdout=log,
@@ -92,9 +104,7 @@ class _Server:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited at start: {self.log_path.read_text()[-2000:]}"
-                )
+                raise RuntimeError(f"{self.name} exited at start: {self.log()[-2000:]}")
             if self.ready():
                 return
             time.sleep(0.02)
@@ -183,10 +193,7 @@ class NatsServer(_Server):
         # JetStream takes a moment after the port opens; the log says when it is up.
         if not super().ready():
             return False
-        try:
-            return "Server is ready" in self.log_path.read_text(errors="replace")
-        except OSError:
-            return False
+        return "Server is ready" in self.log()
 
 
 class RedisServer(_Server):
@@ -249,3 +256,83 @@ def stop_pid(pid: int, timeout_s: float = 10.0) -> None:
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def _free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct free ports (held open together, so none is handed out twice)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class NatsCluster:
+    """``size`` nats-servers forming one JetStream cluster on loopback (tests).
+
+    Each node has its own client port, cluster port, server name and store directory, and
+    routes to the others. :attr:`url` lists every node, comma-separated, as the broker
+    accepts it. :meth:`start` returns once the cluster has elected its metadata leader.
+    """
+
+    def __init__(
+        self, size: int = 3, base_dir: str | Path | None = None, *, name: str = "qtasks"
+    ) -> None:
+        self._own_dir = base_dir is None
+        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="qtasks-nats-cluster-"))
+        ports = _free_ports(2 * size)
+        client_ports, cluster_ports = ports[:size], ports[size:]
+        self.nodes: list[NatsServer] = []
+        for i in range(size):
+            routes = ",".join(
+                f"nats://127.0.0.1:{p}" for j, p in enumerate(cluster_ports) if j != i
+            )
+            args = [
+                "--server_name", f"{name}-n{i}",
+                "--cluster_name", name,
+                "--cluster", f"nats://127.0.0.1:{cluster_ports[i]}",
+                "--routes", routes,
+            ]  # fmt: skip
+            self.nodes.append(
+                NatsServer(client_ports[i], self.base_dir / f"n{i}", extra_args=args)
+            )
+
+    @property
+    def url(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        for n in self.nodes:
+            n.start(timeout_s)
+        self.wait_for_leader(timeout_s)
+
+    def wait_for_leader(self, timeout_s: float = 30.0) -> None:
+        """Wait until a node reports the JetStream metadata leader (the cluster can serve)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any("metadata leader" in n.log() for n in self.nodes if n.pid is not None):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"the NATS cluster elected no leader within {timeout_s} s")
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+    def cleanup(self) -> None:
+        for n in self.nodes:
+            n.cleanup()
+        if self._own_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self) -> NatsCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()

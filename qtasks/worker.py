@@ -19,8 +19,10 @@ import structlog
 
 from qtasks.app import QTasks
 from qtasks.backends.base import ResultBackend
-from qtasks.broker.base import Broker, Delivery
+from qtasks.broker.base import Broker, Delivery, KeepAlive
 from qtasks.context import TaskContext
+from qtasks.control import Revocations, WorkerInfoSource
+from qtasks.control import listen as listen_control
 from qtasks.errors import BackendError, BrokerError, DecodeError, Retry, TaskError
 from qtasks.executors import make_executor
 from qtasks.executors.base import Executor, TaskCall
@@ -33,9 +35,14 @@ from qtasks.message import (
     encode_result,
     now_s,
 )
+from qtasks.metrics import TaskEvents, WorkerMetrics
 from qtasks.task import Task
 
 log = structlog.get_logger("qtasks.worker")
+
+#: Executors whose tasks run in the worker's own process, where a task holding the GIL
+#: freezes the event loop and its heartbeats (see WorkerSettings.heartbeat_process).
+_IN_PROCESS_EXECUTORS = ("thread", "asyncio")
 
 #: Back-off after a broker error in the fetch loop (server restarting, network blip).
 _FETCH_ERROR_BACKOFF_S = 0.5
@@ -66,6 +73,8 @@ class Worker:
         app_spec: str | None = None,
         shutdown_grace_s: float | None = None,
         hostname: str | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str | None = None,
     ) -> None:
         ws = app.settings.worker
         self.app = app
@@ -87,7 +96,21 @@ class Worker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None
+        self._keepalive: KeepAlive | None = None
         self.log = log.bind(worker=self.name, executor=self.executor.name)
+        self.revocations = Revocations()
+        self.metrics_port = ws.metrics_port if metrics_port is None else metrics_port
+        """Serve Prometheus metrics on this port; 0: no metrics (events cost nothing)."""
+        self.metrics_host = metrics_host or ws.metrics_host
+        self.events: TaskEvents = (
+            WorkerMetrics(
+                executor=self.executor.name,
+                concurrency=self.concurrency,
+                inflight=lambda: len(self._inflight),
+            )
+            if self.metrics_port
+            else TaskEvents()
+        )
         self.started = asyncio.Event()
         """Set once the worker is connected, its executor warm and its consumers bound."""
 
@@ -100,6 +123,12 @@ class Worker:
         clients = await self.app.clients()
         self._broker, self._backend = clients.broker, clients.backend
         await self.executor.start()
+        if (
+            self.app.settings.worker.heartbeat_process
+            and self.executor.name in _IN_PROCESS_EXECUTORS
+        ):
+            self._keepalive = await self._broker.start_keepalive(self._heartbeat_interval_s())
+        await self._start_ops()
         consumers = [
             asyncio.create_task(self._consume(q), name=f"consume-{q}") for q in self.queues
         ]
@@ -115,7 +144,29 @@ class Worker:
             await asyncio.gather(*consumers, return_exceptions=True)
             finished = await self._drain()
             await self.executor.shutdown(wait=finished)
+            if self._keepalive is not None:
+                await self._keepalive.close()
+            if isinstance(self.events, WorkerMetrics):
+                self.events.close()
             self.log.info("worker_stopped", clean=finished)
+
+    async def _start_ops(self) -> None:
+        """Listen to control messages (revoke, ping) and serve the metrics, when enabled."""
+        assert self._broker is not None
+        info = WorkerInfoSource(
+            self.name,
+            self.queues,
+            self.concurrency,
+            self.executor.name,
+            lambda: len(self._inflight),
+            self.revocations,
+        )
+        await listen_control(self._broker, self.revocations, info)
+        if isinstance(self.events, WorkerMetrics):
+            loop = asyncio.get_running_loop()
+            self.events.watch_queues(self.queues, self._broker.queue_stats, loop)
+            info.metrics_port = self.events.serve(self.metrics_port, self.metrics_host)
+            self.log.info("metrics_serving", host=self.metrics_host, port=info.metrics_port)
 
     async def _drain(self) -> bool:
         if not self._inflight:
@@ -162,7 +213,7 @@ class Worker:
         self._free += 1
         self._slot_freed.set()
         if not t.cancelled() and t.exception() is not None:
-            self.log.error("handler_crashed", error=repr(t.exception()))
+            self.log.error("handler_crashed", error=repr(t.exception()), exc_info=t.exception())
 
     # -- one delivery ------------------------------------------------------------------------------
     async def _handle(self, d: Delivery) -> None:
@@ -174,6 +225,7 @@ class Worker:
             await self._reject(d, None, ErrorInfo("DecodeError", str(e)), self.log)
             return
         tlog = self.log.bind(task_id=msg.id, task=msg.task, queue=d.queue, attempt=d.attempt)
+        self.events.received(msg.task, d.queue)
         task = self.app.tasks.get(msg.task)
         if d.attempt == 1 and task is not None and _due(msg, now_s()):
             # The common case, a first delivery that runs now: write STARTED only if the task
@@ -201,6 +253,8 @@ class Worker:
         if prev is not None and prev.ready:
             # Done before (stored, then a crash before the ack) or revoked: do not run again.
             tlog.info("task_already_final", state=prev.state.value)
+            if prev.state is State.REVOKED:
+                self.events.event(msg.task, d.queue, "revoked")
             await self._settle(d.ack(), tlog)
             return
         base = self._base(d, msg, prev)
@@ -212,6 +266,7 @@ class Worker:
         now = now_s()
         if msg.expires is not None and now > msg.expires:
             tlog.info("task_expired")
+            self.events.event(msg.task, d.queue, "expired")
             res = msgspec_replace(
                 base,
                 state=State.REVOKED,
@@ -226,6 +281,14 @@ class Worker:
         crashes = int(base.meta.get("crashes", 0)) + (
             1 if prev and prev.state is State.STARTED else 0
         )
+        if prev is not None and prev.state is State.STARTED:
+            self.events.event(msg.task, d.queue, "redelivered")
+            # Its last run was never settled: that worker died, or its loop was frozen past
+            # ack_wait (then both runs go on: say so loudly).
+            tlog.warning(
+                "task_restarted", previous_worker=prev.worker, crashes=crashes,
+                previous_started_at=prev.started_at,
+            )  # fmt: skip
         limit = self.app.settings.worker.max_redeliveries
         if crashes > limit:
             reason = f"the task was started {crashes} times without finishing (limit {limit})"
@@ -267,15 +330,24 @@ class Worker:
         """Run the task whose STARTED record is ``started`` (already written when ``stored``)."""
         assert self._backend is not None
         base = started
-        heartbeat = _Heartbeat(d, max(0.05, self._broker_ack_wait_s() / 3), self.log)
+        heartbeat = _Heartbeat(d, self._heartbeat_interval_s(), self.log)
+        keepalive = self._keepalive
+        if keepalive is not None:
+            keepalive.track(d)  # beats on even if this task freezes the loop (holds the GIL)
         try:
             if not stored:
                 try:
-                    await self._backend.set(started)
+                    not_revoked = await self._backend.set_unless_revoked(started)
                 except BackendError as e:
                     tlog.warning("backend_unavailable", error=str(e))
                     await self._settle(d.nak(1.0), tlog)
                     return
+                if not not_revoked:
+                    await self._skip_revoked(d, msg, tlog)
+                    return
+            if self.revocations.recently_revoked(msg.id):
+                await self._skip_revoked(d, msg, tlog)
+                return
             tlog.info("task_started")
             ctx = TaskContext(
                 task_id=msg.id,
@@ -289,12 +361,26 @@ class Worker:
                 headers=msg.headers,
             )
             time_limit_s = task.time_limit_s or self.app.settings.worker.time_limit_s
+            if self.events.enabled and msg.created_at and started.started_at:
+                self.events.started(msg.task, d.queue, started.started_at - msg.created_at)
             t0 = time.perf_counter()
             try:
-                value = await self.executor.run(
-                    TaskCall(msg.task, msg.args, msg.kwargs, ctx), time_limit_s
+                value = await self._execute(
+                    msg.id, TaskCall(msg.task, msg.args, msg.kwargs, ctx), time_limit_s
                 )
             except asyncio.CancelledError:
+                if msg.id in self.revocations.cancelled:
+                    # Revoked while running: the executor call is cancelled (the process
+                    # executor killed its child); REVOKED is already stored by the revoker.
+                    self.revocations.cancelled.discard(msg.id)
+                    current = asyncio.current_task()
+                    if current is not None:
+                        current.uncancel()
+                    duration_s = time.perf_counter() - t0
+                    tlog.info("task_revoked", running=True, duration_s=round(duration_s, 6))
+                    self.events.finished(msg.task, d.queue, "revoked", duration_s)
+                    await self._settle(d.ack(), tlog)
+                    return
                 # Drain ran out of time: give the message back at once rather than after ack_wait.
                 tlog.warning("task_abandoned")
                 await self._settle(d.nak(0), tlog)
@@ -321,6 +407,7 @@ class Worker:
                         countdown_s=round(countdown_s, 3),
                         duration_s=round(duration_s, 6),
                     )
+                    self.events.finished(msg.task, d.queue, "retried", duration_s)
                     if await self._store(res, tlog):
                         await self._settle(d.nak(countdown_s), tlog)
                     else:
@@ -330,7 +417,9 @@ class Worker:
                     "task_failed",
                     error=f"{err.type}: {err.message}",
                     duration_s=round(duration_s, 6),
+                    exception=err.traceback,  # the one place a task's traceback is logged
                 )
+                self.events.finished(msg.task, d.queue, "failed", duration_s)
                 await self._finish(d, self._failed(started, err), tlog)
                 return
             duration_s = time.perf_counter() - t0
@@ -344,13 +433,34 @@ class Worker:
                     "EncodeError",
                     f"result of type {type(value).__name__} cannot be stored (msgpack only): {e}",
                 )
-                tlog.error("task_failed", error=err.message)
+                tlog.error("task_failed", error=err.message, duration_s=round(duration_s, 6))
+                self.events.finished(msg.task, d.queue, "failed", duration_s)
                 await self._finish(d, self._failed(started, err), tlog)
                 return
             tlog.info("task_succeeded", duration_s=round(duration_s, 6))
+            self.events.finished(msg.task, d.queue, "succeeded", duration_s)
             await self._finish(d, res, tlog)
         finally:
             heartbeat.stop()
+            if keepalive is not None:
+                keepalive.untrack(d)
+
+    async def _execute(self, task_id: str, call: TaskCall, time_limit_s: float | None) -> Any:
+        """Run ``call`` in the executor, cancellable by a revoke while it runs."""
+        running = self.revocations.running
+        current = asyncio.current_task()
+        if current is not None:
+            running[task_id] = current
+        try:
+            return await self.executor.run(call, time_limit_s)
+        finally:
+            running.pop(task_id, None)
+
+    async def _skip_revoked(self, d: Delivery, msg: TaskMessage, tlog: Any) -> None:
+        """The task was revoked before it started: never run it; its record says REVOKED."""
+        tlog.info("task_revoked", running=False)
+        self.events.event(msg.task, d.queue, "revoked")
+        await self._settle(d.ack(), tlog)
 
     def _failed(self, base: TaskResult, err: ErrorInfo) -> TaskResult:
         return msgspec_replace(base, state=State.FAILURE, error=err, finished_at=now_s())
@@ -369,7 +479,11 @@ class Worker:
         delay_s = 0.1
         while True:
             try:
-                await self._backend.set(res)
+                if not await self._backend.set_unless_revoked(res):
+                    # Revoked meanwhile: REVOKED stays, this outcome is discarded (thread and
+                    # asyncio executors cannot stop a run; it finished after the revoke).
+                    tlog.info("task_result_discarded", reason="revoked", state=res.state.value)
+                    self.events.event(res.task or "", res.queue or "", "revoked")
                 return True
             except BackendError as e:
                 if time.monotonic() + delay_s > deadline:
@@ -405,11 +519,15 @@ class Worker:
             await self._settle(d.nak(1.0), tlog)
             return
         tlog.warning("task_dead_lettered", reason=reason)
+        self.events.dead_lettered(d.queue, err.type)
         await self._settle(d.term(), tlog)
 
     def _broker_ack_wait_s(self) -> float:
         assert self._broker is not None
         return self._broker.ack_wait_s
+
+    def _heartbeat_interval_s(self) -> float:
+        return max(0.05, self._broker_ack_wait_s() / 3)
 
 
 def _due(msg: TaskMessage, now: float) -> bool:

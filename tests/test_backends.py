@@ -165,6 +165,24 @@ async def test_wait_on_an_already_final_result_returns_immediately(
     assert time.monotonic() - started < 0.5
 
 
+async def test_set_if_absent_stores_when_nothing_is_there(backend: ResultBackend) -> None:
+    tid = new_task_id()
+    assert await backend.set_if_absent(result(tid, State.STARTED, None)) is None
+    got = await backend.get(tid)
+    assert got is not None and got.state is State.STARTED
+
+
+async def test_set_if_absent_returns_an_existing_record_and_leaves_it(
+    backend: ResultBackend,
+) -> None:
+    tid = new_task_id()
+    await backend.set(result(tid, State.SUCCESS, 7))
+    existing = await backend.set_if_absent(result(tid, State.STARTED, None))
+    assert existing is not None and existing.state is State.SUCCESS and existing.result == 7
+    got = await backend.get(tid)
+    assert got is not None and got.state is State.SUCCESS
+
+
 async def test_wait_times_out_with_result_timeout(backend: ResultBackend) -> None:
     started = time.monotonic()
     with pytest.raises(ResultTimeout):
@@ -243,6 +261,26 @@ async def test_redis_stores_msgpack_under_the_result_key_with_a_ttl() -> None:
     finally:
         await backend.close()
         await r.aclose()
+        await drop_keys(REDIS_URL, prefix)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("size", [10, 100_000])
+async def test_redis_waiter_gets_small_and_large_results_through_the_notification(
+    size: int,
+) -> None:
+    # A small record rides along with its notification; a large one is announced and read.
+    prefix = f"t-{uuid4().hex}"
+    backend = RedisBackend(REDIS_URL, key_prefix=prefix)
+    tid = new_task_id()
+    try:
+        waiter = asyncio.create_task(backend.wait(tid, timeout_s=10))
+        await until_subscribed(backend, [tid])
+        await backend.set(result(tid, value="x" * size))
+        got = await asyncio.wait_for(waiter, 5)
+        assert got.result == "x" * size
+    finally:
+        await backend.close()
         await drop_keys(REDIS_URL, prefix)
 
 

@@ -112,6 +112,20 @@ def test_registers_the_importer_adds_for_conditions_stay_out_of_the_keys() -> No
     assert run_qasm(program, 10, seed=1).counts == {"101": 10}
 
 
+def test_consecutive_if_blocks_run_despite_the_aer_truncation_bug() -> None:
+    program = (
+        HEADER + "qubit[3] q;\nbit[3] c;\nx q[1];\nc[1] = measure q[1];\n"
+        "if (c[2]) { x q[1]; }\nif (c[1]) x q[0];\nc = measure q;\n"
+    )
+    assert run_qasm(program, 10, seed=1).counts == {"011": 10}
+
+
+def test_a_for_loop_over_repeated_values_is_rejected_before_aer_fails_on_it() -> None:
+    program = HEADER + "qubit q;\nbit c;\nfor uint k in {1, 1} { x q; }\nc = measure q;\n"
+    with pytest.raises(UnsupportedProgram, match="repeated values"):
+        parse_qasm(program)
+
+
 def test_mid_circuit_measurement_makes_the_cost_count_every_shot() -> None:
     dynamic = parse_qasm(HEADER + "qubit[2] q;\nbit[2] c;\nc[0] = measure q[0];\nx q[0];\n"
                          "c[1] = measure q[0];\n")  # fmt: skip
@@ -289,6 +303,20 @@ def test_pow_on_a_wide_gate_exceeds_max_unitary_qubits() -> None:
         f"pow(0.5) @ wide {qubits};\nc = measure q;\n"
     )
     assert limit_of(program).limit == "max_unitary_qubits"
+
+
+def test_pow_on_a_long_gate_exceeds_max_unitary_operations() -> None:
+    body = " ".join(["cx a, b; rz(0.1) a;"] * 1500)
+    program = (
+        HEADER + f"gate long a, b {{ {body} }}\nqubit[2] q;\nbit[2] c;\n"
+        "pow(0.5) @ long q[0], q[1];\nc = measure q;\n"
+    )
+    assert limit_of(program).limit == "max_unitary_operations"
+
+
+def test_declarations_inside_comments_and_strings_do_not_count() -> None:
+    program = HEADER + "// qubit[100] big;\n/* qreg huge[99]; {{{{ */\nqubit q;\nbit c;\n"
+    assert run_qasm(program + "x q;\nc = measure q;\n", 10, seed=1).counts == {"1": 10}
 
 
 # --- errors as data -----------------------------------------------------------------------------

@@ -85,3 +85,38 @@ def test_dockerfile_installs_the_service_and_defaults_to_the_api() -> None:
     assert yaml.safe_load(cmd.group(1)) == SERVICES["api"]["command"]
     for path in ("qtasks", "app", "config.toml"):
         assert re.search(rf"^COPY {re.escape(path)}\b", text, re.M), path
+
+
+# -- the monitoring profile (Prometheus) ---------------------------------------------------------
+PROMETHEUS: dict[str, Any] = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+JOBS: dict[str, Any] = {job["job_name"]: job for job in PROMETHEUS["scrape_configs"]}
+
+
+def test_monitoring_profile_runs_prometheus_with_the_deploy_config() -> None:
+    prom = SERVICES["prometheus"]
+    assert prom["profiles"] == ["monitoring"]
+    for name in ("nats", "redis", "api", "worker"):  # `docker compose up` stays as it was
+        assert "profiles" not in SERVICES[name], name
+    mount = next(v for v in prom["volumes"] if v.startswith("./deploy/prometheus.yml:"))
+    assert f"--config.file={mount.split(':')[1]}" in prom["command"]
+
+
+def test_prometheus_scrapes_the_api_on_the_port_of_its_command() -> None:
+    from app.api import api
+
+    cmd = SERVICES["api"]["command"]
+    port = cmd[cmd.index("--port") + 1]
+    job = JOBS["qtasks-api"]
+    assert job["static_configs"] == [{"targets": [f"api:{port}"]}]
+    assert job["metrics_path"] == "/metrics"
+    assert "/metrics" in {getattr(r, "path", None) for r in api.routes}
+
+
+def test_prometheus_scrapes_every_worker_replica_on_the_metrics_port_of_its_command() -> None:
+    args = build_parser().parse_args(SERVICES["worker"]["command"][1:])
+    assert args.metrics_port and args.metrics_host == "0.0.0.0"  # reachable from prometheus
+    job = JOBS["qtasks-worker"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["dns_sd_configs"] == [
+        {"names": ["worker"], "type": "A", "port": args.metrics_port, "refresh_interval": "15s"}
+    ]

@@ -6,53 +6,14 @@ import asyncio
 import signal
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import redis
 
-from qtasks import QTasks, State, TaskError
+from qtasks import State, TaskError
 from qtasks.broker.jetstream import JetStreamBroker
-from tests.apps.demo import make_app
-from tests.support import WorkerProcess, isolated_env, settings_from, wait_for
+from tests.support import Stack, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-class Stack:
-    """One test's isolated stream/prefix: env for workers, an app for the caller."""
-
-    def __init__(self, **extra: Any) -> None:
-        self.env = isolated_env(**extra)
-        self.settings = settings_from(self.env)
-        self.app: QTasks = make_app(self.settings)
-        self.redis = redis.Redis.from_url(self.settings.redis.url)
-        self.workers: list[WorkerProcess] = []
-
-    def worker(self, *args: str) -> WorkerProcess:
-        w = WorkerProcess(self.env, "tests.apps.demo:app", *args).start()
-        self.workers.append(w)
-        return w
-
-    def runs(self, task_id: str) -> int:
-        return int(self.redis.get(f"{self.settings.redis.key_prefix}:runs:{task_id}") or 0)
-
-    def close(self) -> None:
-        for w in self.workers:
-            w.stop()
-
-        async def cleanup() -> None:
-            b = JetStreamBroker(self.settings.nats.url, self.settings.nats)
-            await b.connect()
-            await b.delete_streams()
-            await b.close()
-
-        asyncio.run(cleanup())
-        self.app.close()
-        prefix = self.settings.redis.key_prefix
-        for key in self.redis.scan_iter(f"{prefix}:*", count=1000):
-            self.redis.delete(key)
-        self.redis.close()
 
 
 @pytest.fixture

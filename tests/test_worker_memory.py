@@ -277,6 +277,42 @@ async def test_redelivery_of_a_finished_task_is_acked_without_running() -> None:
     assert await r.aget(timeout=1) == 7
 
 
+async def test_first_delivery_of_an_id_that_already_finished_is_acked_without_running() -> None:
+    # A resend of a finished id after the broker's duplicate window: attempt 1, record final.
+    app, broker = make()
+    ran: list[int] = []
+    job = app.task(name="job")(lambda: ran.append(1))
+    backend = await app.backend()
+    from qtasks.message import TaskResult
+
+    await backend.set(TaskResult(id="done-before", state=State.SUCCESS, task="job", result=7))
+    r = await job.aapply_async(task_id="done-before")
+    async with running(app):
+        for _ in range(100):
+            if broker.pending("default") == 0:
+                break
+            await asyncio.sleep(0.02)
+    assert ran == [] and broker.pending("default") == 0
+    assert await r.aget(timeout=1) == 7
+
+
+async def test_first_delivery_stores_started_before_the_task_runs() -> None:
+    app, _ = make()
+    seen: list[State] = []
+
+    @app.task(name="peek")
+    async def peek() -> None:
+        ctx = current_task()
+        assert ctx is not None
+        info = await app.AsyncResult(ctx.task_id).ainfo()
+        assert info is not None
+        seen.append(info.state)
+
+    async with running(app, executor="asyncio"):
+        await (await peek.adelay()).aget(timeout=5)
+    assert seen == [State.STARTED]
+
+
 async def test_drain_waits_for_running_tasks() -> None:
     app, broker = make()
     slow = app.task(name="slow")(lambda: time.sleep(0.5) or "ok")

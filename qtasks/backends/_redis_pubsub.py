@@ -20,10 +20,13 @@ import redis.exceptions as rex
 import structlog
 from redis.asyncio.client import PubSub
 
+from qtasks.backends.base import Notification
 from qtasks.errors import BackendError
 
 log = structlog.get_logger("qtasks.backend")
 
+#: The payload of a notification that carries no record: waiters read the key.
+DONE = b"done"
 #: Everything redis-py raises for a failed command or connection.
 ANY_REDIS_ERROR: tuple[type[Exception], ...] = (rex.RedisError, OSError)
 #: The reader reconnects after these delays, doubling up to the cap.
@@ -51,8 +54,12 @@ class _Channel:
         self.events: set[asyncio.Event] = set()
         self.confirmed: asyncio.Future[None] = loop.create_future()
 
-    def wake(self) -> None:
+    def wake(self, data: bytes | None = None) -> None:
+        """Set every waiter's event; ``data`` other than :data:`DONE` is the final record."""
+        record = data if data is not None and data != DONE else None
         for event in self.events:
+            if isinstance(event, Notification):
+                event.record = record
             event.set()
 
     def on_subscribed(self) -> None:
@@ -106,7 +113,7 @@ class Notifier:
         if self._closed:
             raise BackendError("the Redis backend is closed")
         self._start_reader()
-        event = asyncio.Event()
+        event = Notification()
         ch: _Channel | None = None
         try:
             async with self._lock:
@@ -251,7 +258,8 @@ class Notifier:
             if kind == "message":
                 ch = self._channels.get(_text(msg["channel"]))
                 if ch is not None:
-                    ch.wake()
+                    data = msg["data"]
+                    ch.wake(data.encode() if isinstance(data, str) else data)
             elif kind in ("subscribe", "unsubscribe"):
                 got = _text(msg["channel"])
                 if not conn.acks or conn.acks[0][0] != got:

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 
 from qtasks.backends.base import ResultBackend
+from qtasks.message import State, decode_result
 
 #: Expired entries nobody reads again are swept at most this often, on a write.
 _SWEEP_INTERVAL_S = 60.0
@@ -76,6 +77,35 @@ class MemoryBackend(ResultBackend):
         for listener in listeners:
             listener.wake()
 
+    async def _set_unless_revoked(
+        self, task_id: str, data: bytes, ttl_s: float, *, notify: bool
+    ) -> bool:
+        now_s = time.monotonic()
+        with self._guard:
+            entry = self._entries.get(task_id)
+            if entry is not None and entry[1] > now_s and _is_revoked(entry[0]):
+                return False
+            self._entries[task_id] = (data, now_s + ttl_s)
+            listeners = list(self._listeners.get(task_id, ())) if notify else []
+        for listener in listeners:
+            listener.wake()
+        return True
+
+    async def _revoke_swap(
+        self, task_id: str, expected: bytes | None, data: bytes, ttl_s: float
+    ) -> bool:
+        now_s = time.monotonic()
+        with self._guard:
+            entry = self._entries.get(task_id)
+            current = entry[0] if entry is not None and entry[1] > now_s else None
+            if current != expected:
+                return False
+            self._entries[task_id] = (data, now_s + ttl_s)
+            listeners = list(self._listeners.get(task_id, ()))
+        for listener in listeners:
+            listener.wake()
+        return True
+
     async def _delete(self, task_id: str) -> None:
         with self._guard:
             self._entries.pop(task_id, None)
@@ -100,3 +130,7 @@ class MemoryBackend(ResultBackend):
         for task_id in [k for k, (_, exp_s) in self._entries.items() if exp_s <= now_s]:
             del self._entries[task_id]
         self._next_sweep_s = now_s + _SWEEP_INTERVAL_S
+
+
+def _is_revoked(data: bytes) -> bool:
+    return decode_result(data).state is State.REVOKED

@@ -3,7 +3,9 @@
 Layout::
 
     <prefix>:result:<task_id>   msgpack TaskResult, written with SET ... PX <ttl>
-    <prefix>:done:<task_id>     channel; PUBLISHed by the same script as the SET of a final state
+    <prefix>:done:<task_id>     channel; PUBLISHed by the same script as the SET of a final
+                                state, with the record itself when small (else "done")
+    <prefix>:revoked:<task_id>  set with the REVOKED record; a worker's later writes are refused
 
 Waiters on one event loop share one pub/sub connection (see :mod:`qtasks.backends._redis_pubsub`).
 Every redis-py exception is mapped to :class:`~qtasks.errors.BackendError` here, at the
@@ -25,7 +27,7 @@ import structlog
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from qtasks.backends._redis_pubsub import ANY_REDIS_ERROR, Notifier
+from qtasks.backends._redis_pubsub import ANY_REDIS_ERROR, DONE, Notifier
 from qtasks.backends.base import ResultBackend
 from qtasks.config import RedisSettings
 from qtasks.errors import BackendError
@@ -43,8 +45,9 @@ _PERMANENT: tuple[type[Exception], ...] = (rex.AuthenticationError, rex.Authoriz
 _MAX_CONNECTIONS = 50
 _RETRY_MIN_S = 0.05
 _RETRY_MAX_S = 0.5
-#: Payload of the notification; waiters re-read the key, so only the channel matters.
-_DONE = b"done"
+#: A final record up to this size rides along with its notification, so the waiter does not
+#: read it back; a larger one is announced with DONE and read.
+_PUSH_MAX_BYTES = 16 * 1024
 
 
 def redact_url(url: str) -> str:
@@ -66,6 +69,30 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 """
 
 
+#: A worker's write: refused (0) once the task is revoked, else SET (and PUBLISH when final).
+_SET_UNLESS_REVOKED = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
+return 1
+"""
+
+#: Revoke: store the REVOKED record and the revoked marker only if the record is still the
+#: one the caller read (ARGV[1], '' for none): a compare-and-set, then notify.
+_REVOKE_SWAP = """
+local cur = redis.call('GET', KEYS[1])
+if ARGV[1] == '' then
+  if cur then return 0 end
+elseif cur ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"""
+
+
 def _ttl_ms(ttl_s: float) -> int:
     return max(1, round(ttl_s * 1000))
 
@@ -78,6 +105,8 @@ class _LoopState:
         self.notifier = Notifier(client, confirm_timeout_s=confirm_timeout_s)
         # EVALSHA, loading the script again after a NOSCRIPT (a restarted or flushed server).
         self.set_and_publish = client.register_script(_SET_AND_PUBLISH)
+        self.set_unless_revoked = client.register_script(_SET_UNLESS_REVOKED)
+        self.revoke_swap = client.register_script(_REVOKE_SWAP)
 
     async def close(self) -> None:
         try:
@@ -127,6 +156,10 @@ class RedisBackend(ResultBackend):
     def result_key(self, task_id: str) -> str:
         """The key holding ``task_id``'s result."""
         return f"{self.key_prefix}:result:{task_id}"
+
+    def revoked_key(self, task_id: str) -> str:
+        """The key marking ``task_id`` revoked (a worker's writes are refused while it lives)."""
+        return f"{self.key_prefix}:revoked:{task_id}"
 
     def done_channel(self, task_id: str) -> str:
         """The channel notified when ``task_id`` reaches a final state."""
@@ -191,8 +224,9 @@ class RedisBackend(ResultBackend):
             # SET and PUBLISH in one atomic command (a script): one round trip, and a waiter
             # woken by the PUBLISH always finds the result.
             channel = self.done_channel(task_id)
+            note = data if len(data) <= _PUSH_MAX_BYTES else DONE
             await self._call(
-                lambda: state.set_and_publish(keys=[key], args=[data, ttl_ms, channel, _DONE]),
+                lambda: state.set_and_publish(keys=[key], args=[data, ttl_ms, channel, note]),
                 "SET",
             )
         else:
@@ -213,7 +247,36 @@ class RedisBackend(ResultBackend):
 
     async def _delete(self, task_id: str) -> None:
         client = self._state().client
-        await self._call(lambda: client.delete(self.result_key(task_id)), "DEL")
+        keys = (self.result_key(task_id), self.revoked_key(task_id))
+        await self._call(lambda: client.delete(*keys), "DEL")
+
+    async def _set_unless_revoked(
+        self, task_id: str, data: bytes, ttl_s: float, *, notify: bool
+    ) -> bool:
+        state = self._state()
+        keys = [self.result_key(task_id), self.revoked_key(task_id)]
+        channel, note = (
+            (self.done_channel(task_id), data if len(data) <= _PUSH_MAX_BYTES else DONE)
+            if notify
+            else ("", b"")
+        )
+        stored = await self._call(
+            lambda: state.set_unless_revoked(keys=keys, args=[data, _ttl_ms(ttl_s), channel, note]),
+            "SET",
+        )
+        return bool(stored)
+
+    async def _revoke_swap(
+        self, task_id: str, expected: bytes | None, data: bytes, ttl_s: float
+    ) -> bool:
+        state = self._state()
+        keys = [self.result_key(task_id), self.revoked_key(task_id)]
+        note = data if len(data) <= _PUSH_MAX_BYTES else DONE
+        args: list[bytes | str | int] = [
+            expected or b"", data, _ttl_ms(ttl_s), self.done_channel(task_id), note
+        ]
+        swapped = await self._call(lambda: state.revoke_swap(keys=keys, args=args), "REVOKE")
+        return bool(swapped)
 
     def _listen(self, task_id: str) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
         return self._state().notifier.listen(self.done_channel(task_id))

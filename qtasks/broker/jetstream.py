@@ -27,7 +27,8 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from qtasks.broker.base import Broker, Delivery
+from qtasks.broker.base import Broker, Delivery, KeepAlive
+from qtasks.broker.jetstream_ops import JetStreamOps
 from qtasks.config import NatsSettings
 from qtasks.errors import BrokerError, MessageTooLarge
 
@@ -49,12 +50,14 @@ def durable_name(stream: str, queue: str) -> str:
 
 
 class JetStreamDelivery(Delivery):
-    __slots__ = ("_msg", "attempt", "data", "queue")
+    __slots__ = ("_msg", "attempt", "data", "queue", "reply")
 
     def __init__(self, msg: Msg, queue: str) -> None:
         self._msg = msg
         self.data = msg.data
         self.queue = queue
+        self.reply = msg.reply
+        """The subject its acknowledgements go to (any connection may send them)."""
         self.attempt = msg.metadata.num_delivered or 1
 
     async def ack(self) -> None:
@@ -79,7 +82,7 @@ async def _guard(coro: Any, what: str) -> Any:
         raise BrokerError(f"{what} failed: {type(e).__name__}: {e}") from e
 
 
-class JetStreamBroker(Broker):
+class JetStreamBroker(JetStreamOps, Broker):
     """Tasks of queue ``q`` are stored on ``<prefix>.q`` in one work-queue stream (file storage,
     duplicate window for ``Nats-Msg-Id``); dead letters go to a separate limits stream."""
 
@@ -349,6 +352,23 @@ class JetStreamBroker(Broker):
             )
         except (nats.errors.Error, nats.js.errors.Error, OSError) as e:
             raise BrokerError(f"dead-letter publish failed: {type(e).__name__}: {e}") from e
+
+    async def start_keepalive(self, interval_s: float) -> KeepAlive | None:
+        """A helper process with its own connection that sends ``in_progress`` for tracked
+        deliveries every ``interval_s``, even while this process's event loop is frozen by a
+        task holding the GIL (see :mod:`qtasks.broker._keepalive`)."""
+        from qtasks.broker._keepalive import KeepAliveProcess
+
+        ka = KeepAliveProcess(
+            self.url.split(","), interval_s, name=f"{self._client_name}-keepalive"
+        )
+        try:
+            await ka.start()
+        except OSError as e:
+            log.warning("keepalive_start_failed", error=str(e))
+            return None
+        log.info("keepalive_started", pid=ka.pid, interval_s=round(interval_s, 3))
+        return ka
 
     # -- inspection (tests, CLI) ----------------------------------------------------------
     async def dead_letters(self, queue: str, limit: int = 100) -> list[tuple[bytes, str]]:

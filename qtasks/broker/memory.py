@@ -11,10 +11,10 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
-from qtasks.broker.base import Broker, Delivery
+from qtasks.broker.base import Broker, ControlHandler, DeadLetter, Delivery, QueueStats
 from qtasks.errors import BrokerError, MessageTooLarge
 
 
@@ -86,6 +86,9 @@ class MemoryBroker(Broker):
         self._seq = itertools.count(1)
         self._changed: asyncio.Event | None = None
         self.dead: list[tuple[str, bytes, str]] = []
+        self._dead_entries: list[DeadLetter] = []
+        self._dead_seq = itertools.count(1)
+        self._control: defaultdict[str, list[ControlHandler]] = defaultdict(list)
         self.acked = 0
         self.connected = False
 
@@ -97,6 +100,7 @@ class MemoryBroker(Broker):
         for q in self._queues.values():
             for stored in list(q.inflight.values()):
                 self._requeue(stored, 0.0)
+        self._control.clear()  # subscriptions end with the connection
         self.connected = False
 
     async def ping(self) -> None:
@@ -179,8 +183,55 @@ class MemoryBroker(Broker):
 
     async def dead_letter(self, queue: str, data: bytes, reason: str) -> None:
         self.dead.append((queue, data, reason))
+        self._dead_entries.append(
+            DeadLetter(next(self._dead_seq), queue, data, reason, time.time())
+        )
 
     def pending(self, queue: str) -> int:
         """Messages not yet acked (ready or in flight)."""
         q = self._queue(queue)
         return len(q.ready) + len(q.inflight)
+
+    # -- operations -------------------------------------------------------------------------
+    async def queue_stats(self, queue: str) -> QueueStats:
+        q = self._queue(queue)
+        return QueueStats(
+            queue,
+            pending=len(q.ready),
+            ack_pending=len(q.inflight),
+            redelivered=sum(1 for s in q.inflight.values() if s.deliveries > 1),
+            dead_letters=sum(1 for d in self._dead_entries if d.queue == queue),
+        )
+
+    async def queue_names(self) -> list[str]:
+        return sorted(set(self._queues) | {d.queue for d in self._dead_entries})
+
+    async def purge(self, queue: str) -> int:
+        q = self._queue(queue)
+        n = len(q.ready) + len(q.inflight)
+        q.ready.clear()
+        q.inflight.clear()  # a later ack of one of these finds nothing, as on JetStream
+        return n
+
+    async def dead_letter_entries(
+        self, queue: str | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
+        return [d for d in self._dead_entries if queue is None or d.queue == queue][:limit]
+
+    async def drop_dead_letter(self, seq: int) -> bool:
+        for i, d in enumerate(self._dead_entries):
+            if d.seq == seq:
+                del self._dead_entries[i]
+                self.dead.remove((d.queue, d.data, d.reason))
+                return True
+        return False
+
+    async def listen_control(self, topic: str, handler: ControlHandler) -> None:
+        self._control[topic].append(handler)
+
+    async def broadcast(self, topic: str, data: bytes) -> None:
+        await self.gather(topic, data, 0.0)
+
+    async def gather(self, topic: str, data: bytes, timeout_s: float) -> list[bytes]:
+        replies = [await handler(data) for handler in list(self._control.get(topic, ()))]
+        return [r for r in replies if r is not None]

@@ -1,0 +1,169 @@
+"""Heartbeats from a helper process, for deliveries whose worker loop may be frozen.
+
+A task that holds the GIL (Qiskit Aer while it simulates) stops every Python thread of the
+worker process: its event loop sends no ``in_progress()``, so JetStream redelivers the
+message after ``ack_wait`` and a second worker runs it too. No thread of that process can
+help. This helper is a separate process with its own NATS connection: the worker tells it,
+through a pipe, which deliveries are running (their reply subjects); it sends the same
+progress acknowledgement (``+WPI``) for each, every ``interval_s``, until told to stop.
+
+It exits when the pipe closes, so a worker that dies (even by SIGKILL) stops its
+heartbeats at once and its tasks are redelivered after ``ack_wait``, as they must be.
+
+Pipe protocol, one line each: a JSON config first (``servers``, ``interval_s``, ``name``),
+then ``+<reply subject>`` to start and ``-<reply subject>`` to stop beating for a delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from typing import Any
+
+import structlog
+
+from qtasks.broker.base import Delivery, KeepAlive
+
+log = structlog.get_logger("qtasks.broker")
+
+#: JetStream's "work in progress" acknowledgement (what ``Msg.in_progress()`` sends).
+_PROGRESS = b"+WPI"
+
+
+class KeepAliveProcess(KeepAlive):
+    """The worker's side: start the helper, name the deliveries to keep alive, close it.
+
+    :meth:`track` and :meth:`untrack` never block and never raise: if the helper is gone, the
+    worker's own heartbeats still run (they only stop while its loop is frozen).
+    """
+
+    def __init__(self, servers: list[str], interval_s: float, *, name: str) -> None:
+        self._config = {"servers": servers, "interval_s": interval_s, "name": name}
+        self._proc: asyncio.subprocess.Process | None = None
+        self._broken = False
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    async def start(self) -> None:
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "qtasks.broker._keepalive",
+            stdin=asyncio.subprocess.PIPE,
+        )
+        # The config (with any credentials in the URLs) goes through the pipe, not argv.
+        self._write(json.dumps(self._config))
+
+    def track(self, d: Delivery) -> None:
+        reply = getattr(d, "reply", None)
+        if reply:
+            self._write(f"+{reply}")
+
+    def untrack(self, d: Delivery) -> None:
+        reply = getattr(d, "reply", None)
+        if reply:
+            self._write(f"-{reply}")
+
+    def _write(self, line: str) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None or self._broken:
+            return
+        if proc.returncode is not None or proc.stdin.is_closing():
+            self._broken = True
+            log.warning("keepalive_process_gone", returncode=proc.returncode)
+            return
+        # A pipe write: done at once unless the helper stopped reading (then buffered).
+        proc.stdin.write(line.encode() + b"\n")
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()  # end of file: the helper exits
+        try:
+            async with asyncio.timeout(timeout_s):
+                await proc.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+# -- the helper process -------------------------------------------------------------------
+
+
+async def _connect(config: dict[str, Any]) -> Any:
+    """Connect, retrying while the servers are down (the worker may start before them)."""
+    import nats
+
+    while True:
+        try:
+            return await nats.connect(
+                config["servers"],
+                name=str(config.get("name") or "qtasks-keepalive"),
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,  # then ride through restarts, as the worker does
+                reconnect_time_wait=0.5,
+            )
+        except Exception as e:
+            print(f"qtasks keepalive: cannot connect to NATS: {e}", file=sys.stderr)
+            await asyncio.sleep(1.0)
+
+
+async def _serve(config: dict[str, Any], reader: asyncio.StreamReader) -> None:
+    interval_s = float(config["interval_s"])
+    # reply subject -> monotonic time of its last beat (or of when it started running)
+    active: dict[str, float] = {}
+
+    async def beat() -> None:
+        nc = await _connect(config)
+        try:
+            while True:
+                await asyncio.sleep(min(interval_s, 0.25))
+                now = time.monotonic()
+                for reply, last in list(active.items()):
+                    if now - last >= interval_s:
+                        active[reply] = now
+                        # While reconnecting, nats-py buffers it and sends it on reconnect.
+                        with contextlib.suppress(Exception):
+                            await nc.publish(reply, _PROGRESS)
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    beater = asyncio.create_task(beat())
+    try:
+        while line := await reader.readline():
+            text = line.decode().strip()
+            if text.startswith("+"):
+                active[text[1:]] = time.monotonic()
+            elif text.startswith("-"):
+                active.pop(text[1:], None)
+    finally:
+        # End of file: the worker closed us or died. Its deliveries are its own business now.
+        beater.cancel()
+        with contextlib.suppress(BaseException):
+            await beater
+
+
+async def _main() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    first = await reader.readline()
+    if not first:
+        return
+    await _serve(json.loads(first), reader)
+
+
+if __name__ == "__main__":
+    # Ctrl-C reaches the whole process group; the helper leaves when its pipe closes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    asyncio.run(_main())
