@@ -30,7 +30,8 @@ from qiskit.circuit import ControlFlowOp, ControlledGate, Gate, Qubit
 from qiskit.circuit.controlflow import BoxOp, ForLoopOp, WhileLoopOp
 from qiskit_aer import AerSimulator
 
-from app.qasm_import import CAP, CUSTOM_CTRL_FACTOR, import_program
+from app.qasm import lower_to_circuit
+from app.qasm_import import CAP, CUSTOM_CTRL_FACTOR
 from app.qasm_limits import (
     STATEVECTOR_BYTES_PER_AMPLITUDE,
     CircuitError,
@@ -207,10 +208,6 @@ def _check_circuit(circuit: QuantumCircuit, stats: _Stats, limits: CircuitLimits
             limits.max_operations,
             f"program has {stats.operations} operations",
         )
-    if "while_loop" in stats.unsupported:
-        raise UnsupportedProgram(
-            "'while' loops are not supported: their length cannot be bounded before simulation"
-        )
     if "for_loop_repeats" in stats.unsupported:
         raise UnsupportedProgram(
             "a for loop over a set with repeated values (e.g. {1, 1}) is not supported: Aer "
@@ -232,7 +229,25 @@ def _check_circuit(circuit: QuantumCircuit, stats: _Stats, limits: CircuitLimits
 
 def _parse_checked(source: str | bytes, limits: CircuitLimits) -> tuple[QuantumCircuit, _Stats]:
     text = checked_text(source, limits)
-    circuit = import_program(text, limits)
+    # The lowering runs the OpenQASM 3 that users write (const, def, uint, for, while on
+    # measured bits, modifiers); it bounds every expansion itself as it goes.
+    try:
+        circuit = lower_to_circuit(
+            text,
+            max_operations=limits.max_operations,
+            max_loop_iterations=limits.max_unrolled_loop_operations,
+            max_nesting_depth=limits.max_nesting_depth,
+            max_qubits=limits.max_qubits,
+            max_clbits=limits.max_clbits,
+        )
+    except LimitExceeded as e:
+        if e.limit != "max_loop_iterations":
+            raise
+        # Name the setting a user can change: [app] max_unrolled_loop_operations.
+        raise LimitExceeded(
+            "max_unrolled_loop_operations", e.value, e.maximum, "loop iterations unrolled",
+            line=e.line,
+        ) from None
     stats = _stats(circuit)
     _check_circuit(circuit, stats, limits)
     return circuit, stats
@@ -333,7 +348,8 @@ def _simulator(method: str) -> AerSimulator:
 
 def _count_segments(circuit: QuantumCircuit) -> list[list[int]]:
     """Clbit indices per count-key group, in register declaration order."""
-    covered: set[int] = set()
+    # The lowering's scratch bits (loop flags, while counters) come first and are not output.
+    covered: set[int] = set(range(int((circuit.metadata or {}).get("scratch_clbits", 0))))
     segments: list[list[int]] = []
     for register in circuit.cregs:
         indices = [circuit.find_bit(bit).index for bit in register]

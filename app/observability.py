@@ -144,7 +144,7 @@ class _DropDuplicateTraceback(logging.Filter):
     so each error's traceback is logged once."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != "Exception in ASGI application"
+        return record.getMessage().strip() != "Exception in ASGI application"
 
 
 def setup_logging() -> None:

@@ -393,7 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "probe": probe.name,
         "repeats": args.repeats,
         "rows": rows}, indent=2) + "\n")
-    chart(rows, head[:160], out_dir / f"{name}.png")
+    title = (f"{len(suite)} circuits at {','.join(map(str, widths))} qubits, median of "
+             f"{args.repeats}; {m['date']}, {m['cores']} cores, {m['memory_gib']} GiB")
+    chart(rows, title, out_dir / f"{name}.png")
     print(f"\nsaved {out_dir / name}.json/.md/.png", file=sys.stderr)
     return 0
 

@@ -30,7 +30,7 @@ def table(
 def pairs(items: Sequence[tuple[str, Any]]) -> str:
     """``key  value`` lines, keys aligned (one record)."""
     width = max((len(k) for k, _ in items), default=0)
-    return "\n".join(f"{k.ljust(width)}  {'' if v is None else v}" for k, v in items)
+    return "\n".join(f"{k.ljust(width)}  {'' if v is None else v}".rstrip() for k, v in items)
 
 
 def when(t: float | None) -> str | None:

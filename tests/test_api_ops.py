@@ -155,3 +155,19 @@ def test_metrics_route_can_be_turned_off_or_put_behind_an_api_key(
     assert client.get("/metrics").status_code == 401
     ok = client.get("/metrics", headers={"Authorization": "Bearer scraper-key"})
     assert ok.status_code == 200 and "qtasks_api_requests_total" in ok.text
+
+
+def test_uvicorns_copy_of_an_already_logged_traceback_is_dropped() -> None:
+    import logging
+
+    from app.observability import setup_logging
+
+    setup_logging()
+    [drop] = logging.getLogger("uvicorn.error").filters
+    record = logging.LogRecord(
+        "uvicorn.error", logging.ERROR, __file__, 1, "Exception in ASGI application\n", (), None
+    )
+    assert drop.filter(record) is False
+    other = logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, "Started", (), None)
+    assert drop.filter(other) is True
+    assert logging.getLogger("uvicorn.access").disabled

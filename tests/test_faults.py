@@ -16,6 +16,7 @@ import itertools
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -207,11 +208,39 @@ def test_nats_restart_mid_run_loses_nothing_and_everyone_reconnects(
         lost=lost(states),
         duplicates=duplicates,
         seconds=time.monotonic() - t0,
+        note="150 sent before the crash, 150 after it through the caller's reconnected "
+        "connection",
     )
     assert states == {"SUCCESS": 300}
     assert w.events("nats_reconnected"), "the worker did not report a reconnect"
     assert w.proc is not None and w.proc.poll() is None, "the worker died"
     assert duplicates <= 16
+
+
+@pytest.mark.timeout(90)
+def test_nats_restarted_without_its_storage_worker_and_caller_provision_again(
+    stack: Stack, nats_server: NatsServer
+) -> None:
+    """A server that comes back empty (storage lost or wiped): what it held is gone, but the
+    worker binds its consumer again and the caller creates the stream again, unrestarted."""
+    t0 = time.monotonic()
+    w = stack.worker("--concurrency", "8")
+    assert outcomes(send_sleeps(stack, [0.01] * 20), 30) == {"SUCCESS": 20}
+    nats_server.kill()
+    shutil.rmtree(nats_server.data_dir / "js")
+    nats_server.start()
+    results = send_sleeps(stack, mixed_sleeps(100, high_s=0.1, seed=4))
+    states = outcomes(results, 60)
+    record_fault(
+        "nats-server restarted with its storage wiped; tasks sent after it",
+        tasks=100,
+        lost=lost(states),
+        duplicates=stack.duplicates(r.id for r in results),
+        seconds=time.monotonic() - t0,
+        note="the caller creates the stream again, the worker binds its consumer again",
+    )
+    assert states == {"SUCCESS": 100}
+    assert w.events("fetch_failed"), "the worker never noticed"
 
 
 # -- 3. redis-server restarted ---------------------------------------------------------------
@@ -237,6 +266,8 @@ def test_redis_restart_mid_run_keeps_every_result(stack: Stack, aof_redis: Redis
         lost=lost(states),
         duplicates=duplicates,
         seconds=time.monotonic() - t0,
+        note=f"down 4 s; the caller's get() waited through it; "
+        f"{len(w.events('result_store_retry'))} result writes retried",
     )
     assert states == {"SUCCESS": 300}
     # Readable afterwards too, from a fresh read.
@@ -265,6 +296,7 @@ def test_sigterm_process_worker_lets_20_running_tasks_finish_and_exits_0(stack: 
         lost=lost(states),
         duplicates=duplicates,
         seconds=time.monotonic() - t0,
+        note="all 20 finished, then exit 0",
     )
     assert states == {"SUCCESS": 20}
     assert duplicates == 0
@@ -368,7 +400,7 @@ def _brief(out: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("qubits", "layers"),
     [
-        pytest.param(20, 8, id="20-qubits"),
+        pytest.param(20, 18, id="20-qubits"),
         pytest.param(23, 2, id="23-qubits", marks=pytest.mark.slow),
     ],
 )
@@ -394,6 +426,8 @@ def test_circuit_outlasting_3x_ack_wait_runs_once_on_the_service_worker(
         lost=int(out["state"] != "SUCCESS"),
         duplicates=max(0, out["runs"] - 1),
         seconds=out["seconds"],
+        note=f"deliveries {out['deliveries']}, runs {out['runs']} (two workers); the "
+        "parent's loop beats while the child simulates",
     )
     assert out["state"] == "SUCCESS"
     assert out["simulation_s"] > 3 * ack_wait_s, "the circuit is too small to prove anything"
@@ -404,9 +438,10 @@ def test_circuit_outlasting_3x_ack_wait_runs_once_on_the_service_worker(
 @pytest.mark.parametrize(
     ("heartbeat_process", "qubits", "layers"),
     [
-        pytest.param(True, 20, 8, id="helper-process"),
-        # Without the helper a simulation of a few ack_waits is enough to show the double run.
-        pytest.param(False, 20, 4, id="loop-only"),
+        # ~0.23 s a layer at 20 qubits on an idle 2-core machine: 18 layers is ~4 s, above
+        # 3x ack_wait even when nothing else runs (slower, and safer, under load).
+        pytest.param(True, 20, 18, id="helper-process"),
+        pytest.param(False, 20, 18, id="loop-only"),
         pytest.param(True, 23, 2, id="helper-process-23-qubits", marks=pytest.mark.slow),
     ],
 )
@@ -440,6 +475,8 @@ def test_circuit_holding_the_gil_on_the_thread_executor(
             lost=0,
             duplicates=max(0, out["runs"] - 1),
             seconds=out["seconds"],
+            note=f"deliveries {out['deliveries']}, runs {out['runs']} (two workers); the "
+            "heartbeat helper process beats while the loop is frozen",
         )
         assert (out["deliveries"], out["crashes"], out["runs"]) == (1, 0, 1)
     else:
@@ -581,7 +618,7 @@ def test_max_retries_3_runs_4_times_with_growing_delays_then_failure(stack: Stac
         lost=int(states != {"FAILURE": 1}),
         duplicates=max(0, len(times) - 4),
         seconds=time.monotonic() - t0,
-        gaps_s=gaps,
+        note=f"4 runs, then FAILURE; delays {', '.join(f'{g:.2f}' for g in gaps)} s",
     )
     assert states == {"FAILURE": 1}
     assert len(times) == 4, f"runs at {times}"
@@ -652,6 +689,7 @@ def test_cluster_node_killed_mid_run_with_3_replicas_loses_nothing(
         lost=lost(states),
         duplicates=duplicates,
         seconds=time.monotonic() - t0,
+        note="clients given all three URLs; a new leader took over",
     )
     assert states == {"SUCCESS": 500}
     assert _stream_leader(s) != leader

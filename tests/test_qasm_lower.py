@@ -25,6 +25,7 @@ from qiskit_aer import AerSimulator
 from app.qasm import (
     CircuitError,
     LimitExceeded,
+    QasmSemanticError,
     QasmSyntaxError,
     UnsupportedProgram,
     lower_to_circuit,
@@ -419,8 +420,14 @@ UNSUPPORTED = {
     "extern": ("extern get_angle(int) -> float;", "extern 'get_angle'"),
     "defcal": ("defcal x $0 { }", "defcal"),
     "cal": ("cal { }", "cal block"),
-    "measured_value_as_angle": ("qubit q; bit c; c = measure q;\nrx(c * pi) q;", "run-time"),
-    "measured_value_cast_to_float": ("qubit q; bit c; c = measure q;\nrx(float(c)) q;", "float"),
+    "measured_value_as_angle": (
+        "qubit q; bit c; c = measure q;\nrx(c * pi) q;",
+        "parameter of gate 'rx'",
+    ),
+    "measured_value_cast_to_float": (
+        "qubit q; bit c; c = measure q;\nrx(float(c)) q;",
+        "parameter of gate 'rx'",
+    ),
     "duration": ("duration d = 100ns;", "duration"),
     "stretch": ("stretch s;", "stretch"),
     "durationof": ("qubit q; float t = durationof({x q;});", "duration"),
@@ -457,26 +464,34 @@ def test_unsupported_construct_is_named_with_its_line(name: str) -> None:
     [
         ("qubit q;\nx q\nh q;", "unexpected 'h'", 5, 1),
         ("qubit q;\nh q", "unexpected end of program", 4, 4),
-        ("qubit q;\nrx(theta) q;", "'theta' is not defined", 4, None),
-        ("qubit[2] q;\ncx q[0], q[0];", "same qubit twice", 4, None),
-        ("qubit[2] q;\nx q[2];", "out of range", 4, None),
-        ("qubit q;\nrx(1 / 0) q;", "division by zero", 4, None),
-        ("qubit t;", "it is a standard gate", 3, None),
     ],
 )
-def test_invalid_program_error_has_line(
-    body: str, message: str, line: int, column: int | None
-) -> None:
+def test_syntax_error_has_line_and_column(body: str, message: str, line: int, column: int) -> None:
     with pytest.raises(QasmSyntaxError) as info:
         lower_to_circuit(HEADER + body)
     assert message in str(info.value)
-    assert info.value.line == line
-    if column is not None:
-        assert info.value.column == column
+    assert (info.value.line, info.value.column) == (line, column)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("qubit q;\nrx(theta) q;", "'theta' is not defined"),
+        ("qubit[2] q;\ncx q[0], q[0];", "same qubit twice"),
+        ("qubit[2] q;\nx q[2];", "out of range"),
+        ("qubit q;\nrx(1 / 0) q;", "division by zero"),
+        ("qubit q;\nqubit t;", "it is a standard gate"),
+    ],
+)
+def test_semantic_error_has_its_line(body: str, message: str) -> None:
+    with pytest.raises(QasmSemanticError) as info:
+        lower_to_circuit(HEADER + body)
+    assert message in str(info.value)
+    assert info.value.line == 4
 
 
 def test_gate_missing_without_include_says_so() -> None:
-    with pytest.raises(QasmSyntaxError, match="missing include"):
+    with pytest.raises(QasmSemanticError, match="missing include"):
         lower_to_circuit("OPENQASM 3.0;\nqubit q;\nh q;")
 
 
@@ -539,6 +554,63 @@ def test_operations_limit_counts_unrolled_loops() -> None:
     with pytest.raises(LimitExceeded) as info:
         lower_to_circuit(HEADER + "qubit q; for int i in [0:99] { x q; }", max_operations=50)
     assert info.value.limit == "max_operations"
+
+
+# -- measured inputs and literal inputs give the same result -------------------------------------
+_CLASSICAL_OPS = [
+    "a = a ^ b;",
+    "a = ~a;",
+    "b = a & b;",
+    "b = b | a;",
+    "a = a << 1;",
+    "b = b >> 1;",
+    "u = a[0] && !b[1];",
+    "v = a == b;",
+    "v = u ^ v;",
+    "if (a[1]) { b[0] = !b[0]; } else { a[2] = u; }",
+    "if (a > 3) b = a;",
+    "if (b <= 2) { u = 1; }",
+    "if (a == 5 || v) { a[0] = 0; }",
+    "b[1:2] = a[0:1];",
+    "switch (a) { case 1, 2 { b = ~b; } case 7 { u = v; } default { v = !v; } }",
+    "for int k in [0:2] { if (a[k]) b[k] = u; }",
+    "for int k in [0:2] { if (b[k]) break; a[k] = !a[k]; }",
+    "for int k in [0:2] { if (!a[k]) continue; v = !v; }",
+    "while (a != 0) { a = a >> 1; v = !v; }",
+    'while (u) { u = 0; b = b ^ "011"; }',
+    "{ bool w = a[2] || b[0]; if (w) { u = !u; } }",
+    "if (u) { if (v) { a = b; } else { b = a; } }",
+]
+
+
+def _classical_program(inputs: tuple[int, int, int, int], ops: list[str], measured: bool) -> str:
+    a, b, u, v = inputs
+    lines = ["qubit[8] pq;", "bit[1] m;", "bit[3] a;", "bit[3] b;", "bit u;", "bit v;"]
+    if measured:
+        bits = [(a >> i) & 1 for i in range(3)] + [(b >> i) & 1 for i in range(3)] + [u, v]
+        lines += [f"x pq[{i}];" for i, bit in enumerate(bits) if bit]
+        lines += ["a = measure pq[0:2];", "b = measure pq[3:5];", "u = measure pq[6];"]
+        lines += ["v = measure pq[7];", "reset pq;"]
+    else:
+        lines += [f'a = "{a:03b}";', f'b = "{b:03b}";', f"u = {u};", f"v = {v};"]
+    # Measure a |0> qubit so that Aer reports counts even when everything else is classical.
+    return HEADER + "\n".join([*lines, *ops, "m[0] = measure pq[0];"])
+
+
+@settings(max_examples=25, deadline=None, database=None, derandomize=True)
+@given(
+    st.tuples(st.integers(0, 7), st.integers(0, 7), st.integers(0, 1), st.integers(0, 1)),
+    st.lists(st.sampled_from(_CLASSICAL_OPS), min_size=1, max_size=6),
+)
+def test_classical_code_on_measured_bits_agrees_with_the_same_code_on_literals(
+    inputs: tuple[int, int, int, int], ops: list[str]
+) -> None:
+    """The same program with its inputs as literals (folded before the run) and as measured
+    basis states (Qiskit control flow, stores and expressions on Aer): one and the same result."""
+    folded = run(_classical_program(inputs, ops, measured=False), shots=8)
+    at_run_time = run(_classical_program(inputs, ops, measured=True), shots=8)
+    assert len(at_run_time) == 1
+    assert at_run_time == folded
 
 
 # -- any input: a circuit or one of our errors -----------------------------------------------------

@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -29,6 +31,9 @@ import structlog
 from qtasks.broker.base import Delivery, KeepAlive
 
 log = structlog.get_logger("qtasks.broker")
+
+#: The directory holding the qtasks package.
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 
 #: JetStream's "work in progress" acknowledgement (what ``Msg.in_progress()`` sends).
 _PROGRESS = b"+WPI"
@@ -51,11 +56,16 @@ class KeepAliveProcess(KeepAlive):
         return None if self._proc is None else self._proc.pid
 
     async def start(self) -> None:
+        # qtasks importable in the helper even when the worker found it on a sys.path entry
+        # of its own (a source checkout run with -m): put its parent directory first.
+        root = _PACKAGE_PARENT
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "qtasks.broker._keepalive",
             stdin=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": path},
         )
         # The config (with any credentials in the URLs) goes through the pipe, not argv.
         self._write(json.dumps(self._config))

@@ -103,6 +103,8 @@ class JetStreamBroker(JetStreamOps, Broker):
         self._provisioned: set[str] = set()
         self._lock = asyncio.Lock()
         self._closing = False
+        self._stale = False
+        """Set after a fetch failed: provision the streams again before binding again."""
         self._auth_failed = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -285,13 +287,26 @@ class JetStreamBroker(JetStreamOps, Broker):
             raise MessageTooLarge(len(data), self.max_payload_bytes)
         js = self._js_ctx()
         try:
-            ack = await js.publish(
-                self.subject(queue),
-                data,
-                headers={"Nats-Msg-Id": msg_id},
-                stream=self.s.stream,
-                timeout=5,
-            )
+            try:
+                ack = await js.publish(
+                    self.subject(queue),
+                    data,
+                    headers={"Nats-Msg-Id": msg_id},
+                    stream=self.s.stream,
+                    timeout=5,
+                )
+            except nats.js.errors.NoStreamResponseError:
+                # No stream answers: the server lost it (restarted without its storage, or
+                # it was deleted). Create it again, once, and retry.
+                async with self._lock:
+                    await self._provision_streams()
+                ack = await js.publish(
+                    self.subject(queue),
+                    data,
+                    headers={"Nats-Msg-Id": msg_id},
+                    stream=self.s.stream,
+                    timeout=5,
+                )
         except nats.errors.MaxPayloadError as e:
             raise MessageTooLarge(len(data), self.max_payload_bytes) from e
         except (nats.errors.Error, nats.js.errors.Error, OSError) as e:
@@ -317,6 +332,9 @@ class JetStreamBroker(JetStreamOps, Broker):
             async with self._lock:
                 sub = self._subs.get(queue)
                 if sub is None:
+                    if self._stale:
+                        await self._provision_streams()
+                        self._stale = False
                     await self.ensure_consumer(queue)
                     try:
                         sub = await self._js_ctx().pull_subscribe_bind(
@@ -335,8 +353,20 @@ class JetStreamBroker(JetStreamOps, Broker):
         except (TimeoutError, nats.errors.TimeoutError):
             return []
         except (nats.errors.Error, nats.js.errors.Error, OSError) as e:
+            # The consumer (or its stream) may be gone: a server restarted without its
+            # storage, a purge, a cluster moving it. Bind again, from scratch, next time.
+            await self._forget(queue, sub)
             raise BrokerError(f"fetch from {queue} failed: {type(e).__name__}: {e}") from e
         return [JetStreamDelivery(m, queue) for m in msgs]
+
+    async def _forget(self, queue: str, sub: JetStreamContext.PullSubscription) -> None:
+        async with self._lock:
+            if self._subs.get(queue) is sub:
+                del self._subs[queue]
+                self._provisioned.discard(queue)
+                self._stale = True
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
     async def dead_letter(self, queue: str, data: bytes, reason: str) -> None:
         js = self._js_ctx()

@@ -3,10 +3,10 @@
 //
 // h on both q qubits, then c = measure q: c is uniform over 00, 01, 10, 11 (1/4 each).
 // The corrections copy c into tgt with its bits swapped:
-//   c = 00 (0): nothing;                      tgt = 00
-//   c = 01 (1): x tgt[1];                       tgt = 10
-//   c = 10 (2): x tgt[0] (from the && test);    tgt = 01
-//   c = 11 (3): x tgt[0]; x tgt[1];               tgt = 11
+//   c = 00 (0): nothing                       -> tgt = 00
+//   c = 01 (1): x tgt[1]                      -> tgt = 10
+//   c = 10 (2): x tgt[0] (from the && test)   -> tgt = 01
+//   c = 11 (3): x tgt[0]; x tgt[1]            -> tgt = 11
 // The z tgt[0] in the else branch (c != 3) only changes a phase, not the measured bits.
 // out = measure tgt. Keys are "out c":
 // expect: {"00 00": 0.25, "10 01": 0.25, "01 10": 0.25, "11 11": 0.25}
