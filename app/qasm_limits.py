@@ -9,8 +9,8 @@ hostile programs do their harm (numbers measured with qiskit-qasm3-import 0.6):
 * :func:`precheck` reads the *text*: size, encoding, control characters, bracket nesting and
   literal register sizes. ``qubit[10000000] q;`` costs the importer 8 s and 1.9 GB; here it is
   a regular-expression scan.
-* ``app.qasm_import.ProgramBounds`` walks the openqasm3 *AST*: it sizes every custom gate,
-  loop and register before the importer expands any of them.
+* ``app.qasm`` (the lowering) bounds every expansion as it builds the circuit: custom gates,
+  loops, subroutine calls and registers are counted before they are expanded.
 
 Error tree::
 
