@@ -30,19 +30,10 @@ if str(ROOT) not in sys.path:  # `python benchmarks/x.py` puts benchmarks/ first
 
 def isolated_env(tag: str | None = None, **extra: Any) -> dict[str, str]:
     """QTASKS_* variables for a fresh stream, subjects and Redis key prefix."""
-    tag = tag or uuid.uuid4().hex[:10]
-    env = {
-        "QTASKS_CONFIG": str(ROOT / "tests" / "empty.toml"),
-        "QTASKS_NATS_URL": NATS_URL,
-        "QTASKS_REDIS_URL": REDIS_URL,
-        "QTASKS_NATS_STREAM": f"B_{tag}",
-        "QTASKS_NATS_SUBJECT_PREFIX": f"b{tag}",
-        "QTASKS_NATS_DEAD_LETTER_STREAM": f"BDLQ_{tag}",
-        "QTASKS_NATS_DEAD_LETTER_PREFIX": f"bdlq{tag}",
-        "QTASKS_REDIS_KEY_PREFIX": f"b{tag}",
-    }
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
+    from qtasks.testing import isolated_env as fresh_env
+
+    return fresh_env(NATS_URL, REDIS_URL, prefix="b", tag=tag,
+                     config_path=ROOT / "tests" / "empty.toml", **extra)  # fmt: skip
 
 
 async def cleanup(env: Mapping[str, str]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from qtasks import QTasks
+from qtasks import QTasks, testing
 from qtasks.broker.jetstream import JetStreamBroker
 from qtasks.config import Settings, load_settings
 from tests.apps.demo import RUN_LOG_ENV, make_app
@@ -31,19 +31,9 @@ def isolated_env(
     nats_url: str = NATS_URL, redis_url: str = REDIS_URL, **extra: Any
 ) -> dict[str, str]:
     """QTASKS_* variables giving a fresh stream, subjects and key prefix."""
-    tag = uuid.uuid4().hex[:10]
-    env = {
-        "QTASKS_CONFIG": str(ROOT / "tests" / "empty.toml"),
-        "QTASKS_NATS_URL": nats_url,
-        "QTASKS_REDIS_URL": redis_url,
-        "QTASKS_NATS_STREAM": f"T_{tag}",
-        "QTASKS_NATS_SUBJECT_PREFIX": f"t{tag}",
-        "QTASKS_NATS_DEAD_LETTER_STREAM": f"TDLQ_{tag}",
-        "QTASKS_NATS_DEAD_LETTER_PREFIX": f"tdlq{tag}",
-        "QTASKS_REDIS_KEY_PREFIX": f"t{tag}",
-    }
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
+    return testing.isolated_env(
+        nats_url, redis_url, prefix="t", config_path=ROOT / "tests" / "empty.toml", **extra
+    )
 
 
 def settings_from(env: Mapping[str, str]) -> Settings:
