@@ -60,6 +60,20 @@ def floor_names(env: dict[str, str]) -> dict[str, str]:
             "prefix": f"f{tag}"}
 
 
+def run_on(loop: str, coro: Any) -> Any:
+    """Run ``coro`` on the event loop ``loop`` names (auto, asyncio or uvloop)."""
+    from qtasks._loop import loop_factory
+
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+        return runner.run(coro)
+
+
+def loop_name(loop: str) -> str:
+    from qtasks._loop import loop_factory
+
+    return "uvloop" if loop_factory(loop).__module__.startswith("uvloop") else "asyncio"
+
+
 async def floor_worker(env: dict[str, str], slots: int) -> None:
     """The floor's worker: fetch up to ``slots`` messages, write each result, ack it."""
     import nats
@@ -235,14 +249,14 @@ async def measure(send: Any, read: Any, send_many: Any, check: Any,
 class FloorWorker:
     """The floor's worker as a subprocess (this file with ``--floor-worker``)."""
 
-    def __init__(self, env: dict[str, str], slots: int) -> None:
+    def __init__(self, env: dict[str, str], slots: int, loop: str) -> None:
         import subprocess
 
         self.env = env
         asyncio.run(provision_floor(env))
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--floor-worker", "--slots",
-             str(slots)],
+             str(slots), "--loop", loop],
             env={**os.environ, **env}, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
         assert self.proc.stdout is not None
         if b"floor_worker_started" not in self.proc.stdout.readline():
@@ -288,12 +302,13 @@ def run_rows(env: dict[str, str], args: argparse.Namespace, rows: list[str]
     try:
         for row in rows:
             if row == "floor":
-                workers[row] = FloorWorker(env, args.concurrency)
+                workers[row] = FloorWorker(env, args.concurrency, args.loop)
             elif row.startswith("qtasks:"):
                 # Each executor's worker has a queue of its own; the client sends there.
                 workers[row] = start_worker(env, "benchmarks.noop_app:app", "--executor",
                                             row.split(":")[1], "--concurrency",
-                                            str(args.concurrency), queue=queue_of(row))
+                                            str(args.concurrency), "--loop", args.loop,
+                                            queue=queue_of(row))
             else:
                 raise SystemExit(f"unknown row {row!r} (floor, qtasks)")
             samplers[row] = RssSampler(workers[row].pid).__enter__()
@@ -306,11 +321,11 @@ def run_rows(env: dict[str, str], args: argparse.Namespace, rows: list[str]
                 for row in rows:
                     bar.set_postfix_str(row)
                     if row == "floor":
-                        runs[row].append(asyncio.run(
-                            measure_floor(env, args.tasks, args.latency, args.batch)))
+                        runs[row].append(run_on(args.loop, measure_floor(
+                            env, args.tasks, args.latency, args.batch)))
                     else:
-                        runs[row].append(asyncio.run(
-                            measure_qtasks(queue_of(row), args.tasks, args.latency, args.batch)))
+                        runs[row].append(run_on(args.loop, measure_qtasks(
+                            queue_of(row), args.tasks, args.latency, args.batch)))
                     bar.update()
     finally:
         for s in samplers.values():
@@ -371,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated executors, one qtasks row each (default thread,asyncio;"
                    " the targets are checked on the first)")
     p.add_argument("--rows", default="floor,qtasks", help="comma-separated: floor,qtasks")
+    p.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"],
+                   help="event loop of every client and worker, floor included (default auto: "
+                   "uvloop when installed, as the qtasks worker uses it)")
     p.add_argument("--repeats", type=int, help="rounds over the rows; medians reported "
                    "(default 3; quick 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -380,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slots", type=int, default=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.floor_worker:
-        asyncio.run(floor_worker(dict(os.environ), args.slots))
+        run_on(args.loop, floor_worker(dict(os.environ), args.slots))
         return 0
     args.tasks = args.tasks or (200 if args.quick else 2000)
     args.latency = args.latency or (50 if args.quick else 200)
@@ -402,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
 
     m = machine()
     text = [f"Overhead on a no-op task ({args.tasks:,} sequential, {args.latency} round trips, "
-            f"{args.batch:,} batched; median of {args.repeats}); {machine_line(m)}", "",
+            f"{args.batch:,} batched; median of {args.repeats}; {loop_name(args.loop)} event loop "
+            f"everywhere); {machine_line(m)}", "",
             table(rows, args.concurrency)]
     q = next((r for name, r in rows.items() if name.startswith("qtasks")), None)
     if q is not None:

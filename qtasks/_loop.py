@@ -11,10 +11,32 @@ import atexit
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from qtasks.errors import ConfigError
+
 T = TypeVar("T")
+
+#: The accepted values of ``[worker] event_loop``.
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def loop_factory(kind: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
+    """How to make the event loop qtasks runs on: uvloop for "uvloop", and for "auto" when it
+    is installed (it takes about a third less CPU per task than asyncio's own loop, most of
+    it in socket I/O and callbacks); asyncio's own loop for "asyncio"."""
+    if kind not in EVENT_LOOPS:
+        raise ConfigError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}, not {kind!r}")
+    if kind != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise ConfigError("event_loop is 'uvloop' but uvloop is not installed") from None
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
@@ -26,7 +48,7 @@ def background_loop() -> asyncio.AbstractEventLoop:
     global _loop, _thread
     with _lock:
         if _loop is None or _loop.is_closed() or _thread is None or not _thread.is_alive():
-            _loop = asyncio.new_event_loop()
+            _loop = loop_factory()()
             _thread = threading.Thread(target=_loop.run_forever, name="qtasks-loop", daemon=True)
             _thread.start()
         return _loop

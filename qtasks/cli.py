@@ -10,7 +10,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from qtasks.app import load_app
+from qtasks._loop import EVENT_LOOPS, loop_factory
+from qtasks.app import QTasks, load_app
 from qtasks.config import load_settings
 from qtasks.errors import QTasksError
 from qtasks.observability import configure_logging
@@ -70,6 +71,11 @@ def _worker_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         metavar="ADDR",
         help="address for the metrics server (default 127.0.0.1; 0.0.0.0 in a container)",
     )
+    p.add_argument(
+        "--loop",
+        choices=EVENT_LOOPS,
+        help="event loop (default auto: uvloop when installed; [worker] event_loop)",
+    )
     p.add_argument("--config", metavar="PATH", help="config.toml to read (default ./config.toml)")
     _log_args(p)
 
@@ -105,9 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run_worker(args: argparse.Namespace) -> int:
-    from qtasks.worker import Worker
-
+def _worker_app(args: argparse.Namespace) -> QTasks:
+    """The app to serve, its worker settings overridden by the flags."""
     app = load_app(args.app)
     overrides = {
         "worker": {
@@ -117,6 +122,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
             "shutdown_grace_s": args.shutdown_grace,
             "metrics_port": args.metrics_port,
             "metrics_host": args.metrics_host,
+            "event_loop": args.loop,
         }
     }
     if args.config or any(v is not None for v in overrides["worker"].values()):
@@ -125,6 +131,12 @@ async def _run_worker(args: argparse.Namespace) -> int:
         fresh = load_settings(args.config, overrides=overrides)
         # Keep the app's own broker/backend choices; flags only change worker settings.
         app.settings = msgspec.structs.replace(app.settings, worker=fresh.worker)
+    return app
+
+
+async def _run_worker(args: argparse.Namespace, app: QTasks) -> int:
+    from qtasks.worker import Worker
+
     worker = Worker(app, app_spec=args.app)
     loop = asyncio.get_running_loop()
     signals_seen = 0
@@ -166,7 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "worker":
             configure_logging(args.log_level, args.log_json)
-            return asyncio.run(_run_worker(args))
+            app = _worker_app(args)
+            with asyncio.Runner(loop_factory=loop_factory(app.settings.worker.event_loop)) as r:
+                return r.run(_run_worker(args, app))
         # Operator commands print for people (or --json); only warnings are logged.
         configure_logging("WARNING")
         return asyncio.run(_run_op(args))

