@@ -49,6 +49,9 @@ from benchmarks.common import (
 )
 
 TARGETS = {"throughput": 3500.0, "p50_ms": 1.0, "p99_ms": 3.0, "batch_send": 7000.0}
+#: The issue's own floor on its reference machine (same method): 5,949 tasks/s, p50 0.79 ms.
+#: The targets as ratios to it, for a machine whose floor is slower or faster.
+REFERENCE_FLOOR = {"throughput": 5949.0, "p50_ms": 0.79}
 _PIPELINE_WINDOW = 512
 _RESULT_TTL_MS = 600_000
 
@@ -362,7 +365,8 @@ def table(rows: dict[str, dict[str, Any]], concurrency: int) -> str:
     return markdown_table(headers, body)
 
 
-def verdict(q: dict[str, Any]) -> list[str]:
+def verdict(q: dict[str, Any], floor: dict[str, Any] | None) -> list[str]:
+    """Each target met or missed, as measured; with a floor row, also as a ratio to it."""
     t = TARGETS
     checks = [
         ("throughput", q["throughput_tasks_s"] >= t["throughput"],
@@ -372,7 +376,21 @@ def verdict(q: dict[str, Any]) -> list[str]:
         ("batch send", q["batch_send_tasks_s"] >= t["batch_send"],
          f"{q['batch_send_tasks_s']:,.0f} tasks/s (target ≥ {t['batch_send']:,.0f})"),
     ]
-    return [f"- {name}: {'met' if ok else 'MISSED'}, {text}" for name, ok, text in checks]
+    out = [f"- {name}: {'met' if ok else 'MISSED'}, {text}" for name, ok, text in checks]
+    if floor is not None:
+        want_tp = t["throughput"] / REFERENCE_FLOOR["throughput"]
+        want_p50 = t["p50_ms"] / REFERENCE_FLOOR["p50_ms"]
+        tp = q["throughput_tasks_s"] / floor["throughput_tasks_s"]
+        p50 = q["p50_ms"] / floor["p50_ms"]
+        out += [
+            f"- throughput relative to this run's floor ({floor['throughput_tasks_s']:,.0f} "
+            f"tasks/s): {'met' if tp >= want_tp else 'MISSED'}, {tp:.2f}x (the target is "
+            f"{want_tp:.2f}x the issue's reference floor)",
+            f"- p50 relative to this run's floor ({floor['p50_ms']:.2f} ms): "
+            f"{'met' if p50 <= want_p50 else 'MISSED'}, {p50:.2f}x (the target is "
+            f"{want_p50:.2f}x the issue's reference floor)",
+        ]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=4, help="worker slots (default 4)")
     p.add_argument("--executor", default="thread,asyncio",
                    help="comma-separated executors, one qtasks row each (default thread,asyncio;"
-                   " the targets are checked on the first)")
+                   " the targets are checked on each)")
     p.add_argument("--rows", default="floor,qtasks", help="comma-separated: floor,qtasks")
     p.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"],
                    help="event loop of every client and worker, floor included (default auto: "
@@ -423,9 +441,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.batch:,} batched; median of {args.repeats}; {loop_name(args.loop)} event loop "
             f"everywhere); {machine_line(m)}", "",
             table(rows, args.concurrency)]
-    q = next((r for name, r in rows.items() if name.startswith("qtasks")), None)
-    if q is not None:
-        text += ["", "Targets:", *verdict(q)]
+    floor = next((r for name, r in rows.items() if name.startswith("floor")), None)
+    for name, q in rows.items():
+        if name.startswith("qtasks"):
+            text += ["", f"Targets, {name}:", *verdict(q, floor)]
     print("\n".join(text))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "overhead.json").write_text(json.dumps(

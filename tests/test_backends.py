@@ -264,6 +264,45 @@ async def test_redis_stores_msgpack_under_the_result_key_with_a_ttl() -> None:
         await drop_keys(REDIS_URL, prefix)
 
 
+async def test_redis_commands_of_one_loop_iteration_share_one_pipeline() -> None:
+    """Records written and read concurrently (a worker's N slots) go to Redis together: each
+    caller still gets its own reply, and one command's error stays its own."""
+    prefix = f"t-{uuid4().hex}"
+    backend = RedisBackend.from_settings(RedisSettings(url=REDIS_URL, key_prefix=prefix))
+    r = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await backend.ping()
+        state = backend._state()
+        pipelines = 0
+        make_pipeline = state.client.pipeline
+
+        def counting_pipeline(*args: object, **kwargs: object) -> object:
+            nonlocal pipelines
+            pipelines += 1
+            return make_pipeline(*args, **kwargs)  # type: ignore[arg-type]
+
+        state.client.pipeline = counting_pipeline  # type: ignore[method-assign,assignment]
+        ids = [new_task_id() for _ in range(6)]
+        await r.set(f"{prefix}:result:{ids[5]}", b"not msgpack")  # decodes as an error
+        started = [result(t, State.STARTED) for t in ids[:4]]
+        firsts = await asyncio.gather(*(backend.set_if_absent(s) for s in started))
+        assert firsts == [None] * 4 and pipelines == 1
+        outcomes = await asyncio.gather(
+            *(backend.set_unless_revoked(result(t, value=i)) for i, t in enumerate(ids[:4])),
+            backend.get(ids[4]),
+            backend.get(ids[5]),
+            return_exceptions=True,
+        )
+        assert outcomes[:5] == [True, True, True, True, None] and pipelines == 2
+        assert isinstance(outcomes[5], Exception)  # only the undecodable record fails
+        values = await asyncio.gather(*(backend.get(t) for t in ids[:4]))
+        assert [v.result for v in values if v is not None] == [0, 1, 2, 3]
+    finally:
+        await backend.close()
+        await r.aclose()
+        await drop_keys(REDIS_URL, prefix)
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("size", [10, 100_000])
 async def test_redis_waiter_gets_small_and_large_results_through_the_notification(

@@ -50,3 +50,6 @@ def test_overhead_benchmark_quick_prints_the_floor_and_a_row_per_executor(tmp_pa
     assert all(float(r[1].replace(",", "")) > 0 for r in rows)  # tasks/s
     saved = json.loads((tmp_path / "overhead.json").read_text())
     assert set(saved["rows"]) == {r[0] for r in rows}
+    # each qtasks row is judged against the targets and against this run's floor
+    assert stdout.count("Targets, qtasks") == 2
+    assert stdout.count("relative to this run's floor") == 4

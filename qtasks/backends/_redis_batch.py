@@ -32,17 +32,15 @@ class Batcher:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if not self._queued:
-            loop.call_soon(self._flush)
+            # Its first step runs after the callbacks already scheduled in this iteration.
+            task = loop.create_task(self._send())
+            self._sending.add(task)  # a reference until it ends (the loop keeps weak ones)
+            task.add_done_callback(self._sending.discard)
         self._queued.append(((args, options), fut))
         return fut
 
-    def _flush(self) -> None:
+    async def _send(self) -> None:
         batch, self._queued = self._queued, []
-        task = asyncio.get_running_loop().create_task(self._send(batch))
-        self._sending.add(task)  # a reference until it ends (the loop keeps only weak ones)
-        task.add_done_callback(self._sending.discard)
-
-    async def _send(self, batch: list[tuple[Command, asyncio.Future[Any]]]) -> None:
         live = [(cmd, fut) for cmd, fut in batch if not fut.done()]  # skip cancelled waiters
         if not live:
             return

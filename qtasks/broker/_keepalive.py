@@ -40,6 +40,8 @@ _PROGRESS = b"+WPI"
 #: Stop lines wait this long to share a pipe write with later lines (a stop that comes
 #: late only risks one harmless extra beat; a start is always written at once).
 _UNTRACK_DELAY_S = 0.05
+#: How often the helper reads the worker's lines (and checks whether a beat is due).
+_READ_EVERY_S = 0.05
 
 
 class KeepAliveProcess(KeepAlive):
@@ -146,50 +148,69 @@ async def _connect(config: dict[str, Any]) -> Any:
             await asyncio.sleep(1.0)
 
 
-async def _serve(config: dict[str, Any], reader: asyncio.StreamReader) -> None:
-    interval_s = float(config["interval_s"])
-    # reply subject -> monotonic time of its last beat (or of when it started running)
-    active: dict[str, float] = {}
-
-    async def beat() -> None:
-        nc = await _connect(config)
+def _read_available(fd: int) -> tuple[bytes, bool]:
+    """What the non-blocking pipe ``fd`` holds now, and whether its writer closed it."""
+    chunks: list[bytes] = []
+    while True:
         try:
-            while True:
-                await asyncio.sleep(min(interval_s, 0.25))
-                now = time.monotonic()
-                for reply, last in list(active.items()):
-                    if now - last >= interval_s:
-                        active[reply] = now
-                        # While reconnecting, nats-py buffers it and sends it on reconnect.
-                        with contextlib.suppress(Exception):
-                            await nc.publish(reply, _PROGRESS)
-        finally:
-            with contextlib.suppress(Exception):
-                await nc.close()
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return b"".join(chunks), False
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
 
-    beater = asyncio.create_task(beat())
+
+async def _serve(config: dict[str, Any], fd: int, pending: bytes = b"") -> None:
+    interval_s = float(config["interval_s"])
+    # reply subject -> monotonic time of its last beat (or of when it was read as running)
+    active: dict[str, float] = {}
+    connecting = asyncio.create_task(_connect(config))
     try:
-        while line := await reader.readline():
-            text = line.decode().strip()
-            if text.startswith("+"):
-                active[text[1:]] = time.monotonic()
-            elif text.startswith("-"):
-                active.pop(text[1:], None)
+        while True:
+            # Polled, not woken by each line: at thousands of tasks a second a wake-up per
+            # line cost this process more CPU than the worker spends on a no-op task, and a
+            # task needs its first beat only interval_s after it starts.
+            await asyncio.sleep(_READ_EVERY_S)
+            data, closed = _read_available(fd)
+            now = time.monotonic()
+            *lines, pending = (pending + data).split(b"\n")
+            for line in lines:
+                text = line.decode().strip()
+                if text.startswith("+"):
+                    active[text[1:]] = now
+                elif text.startswith("-"):
+                    active.pop(text[1:], None)
+            if closed:
+                return  # the worker closed us or died: its deliveries are its business now
+            if not connecting.done():
+                continue  # NATS is not up yet: keep draining the pipe meanwhile
+            nc = connecting.result()
+            for reply, last in list(active.items()):
+                if now - last >= interval_s:
+                    active[reply] = now
+                    # While reconnecting, nats-py buffers it and sends it on reconnect.
+                    with contextlib.suppress(Exception):
+                        await nc.publish(reply, _PROGRESS)
     finally:
-        # End of file: the worker closed us or died. Its deliveries are its own business now.
-        beater.cancel()
+        connecting.cancel()
         with contextlib.suppress(BaseException):
-            await beater
+            nc = await connecting
+            await nc.close()
 
 
 async def _main() -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    first = await reader.readline()
-    if not first:
-        return
-    await _serve(json.loads(first), reader)
+    fd = sys.stdin.fileno()
+    # The config line, read unbuffered so that nothing after it is taken from the pipe.
+    head = b""
+    while b"\n" not in head:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return
+        head += chunk
+    first, _, rest = head.partition(b"\n")
+    os.set_blocking(fd, False)
+    await _serve(json.loads(first), fd, rest)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from qtasks.broker._pull import Puller
 from qtasks.broker.base import Broker, Delivery, KeepAlive
 from qtasks.broker.jetstream_ops import JetStreamOps
 from qtasks.config import NatsSettings
@@ -99,7 +100,7 @@ class JetStreamBroker(JetStreamOps, Broker):
         self._client_name = name
         self._nc: NATSClient | None = None
         self._js: JetStreamContext | None = None
-        self._subs: dict[str, JetStreamContext.PullSubscription] = {}
+        self._subs: dict[str, Puller] = {}
         self._provisioned: set[str] = set()
         self._lock = asyncio.Lock()
         self._closing = False
@@ -326,7 +327,7 @@ class JetStreamBroker(JetStreamOps, Broker):
             out.extend(await asyncio.gather(*(self.publish(q, d, msg_id=m) for q, d, m in chunk)))
         return out
 
-    async def _subscription(self, queue: str) -> JetStreamContext.PullSubscription:
+    async def _subscription(self, queue: str) -> Puller:
         sub = self._subs.get(queue)
         if sub is None:
             async with self._lock:
@@ -336,37 +337,32 @@ class JetStreamBroker(JetStreamOps, Broker):
                         await self._provision_streams()
                         self._stale = False
                     await self.ensure_consumer(queue)
+                    sub = Puller(self._require(), self.s.stream, durable_name(self.s.stream, queue))
                     try:
-                        sub = await self._js_ctx().pull_subscribe_bind(
-                            durable=durable_name(self.s.stream, queue), stream=self.s.stream
-                        )
-                    except (nats.errors.Error, nats.js.errors.Error) as e:
+                        await sub.start()
+                    except (nats.errors.Error, OSError) as e:
                         raise BrokerError(f"cannot bind to queue {queue}: {e}") from e
                     self._subs[queue] = sub
         return sub
 
     async def fetch(self, queue: str, max_messages: int, timeout_s: float) -> list[Delivery]:
-        # Always with a timeout: fetch(batch>1, timeout=None) waits for a full batch.
         sub = await self._subscription(queue)
         try:
-            msgs = await sub.fetch(max_messages, timeout=timeout_s)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
-        except (nats.errors.Error, nats.js.errors.Error, OSError) as e:
+            msgs = await sub.fetch(max_messages, timeout_s)
+        except (BrokerError, nats.errors.Error, OSError) as e:
             # The consumer (or its stream) may be gone: a server restarted without its
             # storage, a purge, a cluster moving it. Bind again, from scratch, next time.
             await self._forget(queue, sub)
             raise BrokerError(f"fetch from {queue} failed: {type(e).__name__}: {e}") from e
         return [JetStreamDelivery(m, queue) for m in msgs]
 
-    async def _forget(self, queue: str, sub: JetStreamContext.PullSubscription) -> None:
+    async def _forget(self, queue: str, sub: Puller) -> None:
         async with self._lock:
             if self._subs.get(queue) is sub:
                 del self._subs[queue]
                 self._provisioned.discard(queue)
                 self._stale = True
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+        await sub.stop()
 
     async def dead_letter(self, queue: str, data: bytes, reason: str) -> None:
         js = self._js_ctx()
