@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import inspect
 import sys
+import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
@@ -294,7 +295,7 @@ class QTasks:
         c = await self.clients()
         data = self._encode(msg, c.broker)
         await c.broker.publish(msg.queue, data, msg_id=msg.id)
-        return AsyncResult(msg.id, self)
+        return AsyncResult(msg.id, self, sent_at=time.monotonic())
 
     async def asend_many(self, msgs: Sequence[TaskMessage]) -> list[AsyncResult[Any]]:
         """Publish many messages with pipelined publishes (much faster than one by one)."""
@@ -307,7 +308,8 @@ class QTasks:
             c = await self.clients()
             items = [(m.queue, self._encode(m, c.broker), m.id) for m in msgs]
             await c.broker.publish_many(items)
-        return [AsyncResult(m.id, self) for m in msgs]
+        sent_at = time.monotonic()
+        return [AsyncResult(m.id, self, sent_at=sent_at) for m in msgs]
 
     def send_task(
         self,

@@ -21,14 +21,20 @@ log = structlog.get_logger("qtasks.result")
 
 #: Pause between attempts to wait again while the backend is unreachable.
 _OUTAGE_RETRY_S = 0.25
+#: A result asked for this soon after its task was sent (by this handle) is expected to be
+#: unfinished: no task completes faster than a broker and a backend round trip, and most
+#: take far longer. A wrong guess costs one SUBSCRIBE/UNSUBSCRIBE, not a wrong answer.
+_JUST_SENT_S = 0.05
 
 
 class AsyncResult(Generic[R]):
     """The state and result of task ``task_id``. An unknown id reads as PENDING."""
 
-    def __init__(self, task_id: str, app: QTasks) -> None:
+    def __init__(self, task_id: str, app: QTasks, *, sent_at: float | None = None) -> None:
         self.id = task_id
         self.app = app
+        self._sent_at = sent_at
+        """When this process sent the task (monotonic seconds), if it did."""
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.id}>"
@@ -63,11 +69,13 @@ class AsyncResult(Generic[R]):
         much longer."""
         backend = await self.app.backend()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        # Sent a moment ago: surely still running, so subscribe before the first read.
+        running = self._sent_at is not None and time.monotonic() - self._sent_at < _JUST_SENT_S
         outage_since: float | None = None
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                info = await backend.wait(self.id, left)
+                info = await backend.wait(self.id, left, running=running)
             except BackendError as e:
                 if deadline is not None and time.monotonic() + _OUTAGE_RETRY_S >= deadline:
                     raise

@@ -141,11 +141,12 @@ async def test_delete_forgets_a_result(backend: ResultBackend) -> None:
     assert await backend.get(tid) is None
 
 
+@pytest.mark.parametrize("running", [False, True], ids=["read-first", "subscribe-first"])
 async def test_wait_returns_as_soon_as_another_coroutine_stores_the_result(
-    backend: ResultBackend,
+    backend: ResultBackend, running: bool
 ) -> None:
     tid = new_task_id()
-    waiter = asyncio.create_task(backend.wait(tid, timeout_s=10))
+    waiter = asyncio.create_task(backend.wait(tid, timeout_s=10, running=running))
     await until_subscribed(backend, [tid])
     stored_at = time.monotonic()
     await backend.set(result(tid))
@@ -154,13 +155,14 @@ async def test_wait_returns_as_soon_as_another_coroutine_stores_the_result(
     assert time.monotonic() - stored_at < PROMPT_S
 
 
+@pytest.mark.parametrize("running", [False, True], ids=["read-first", "wrong-guess"])
 async def test_wait_on_an_already_final_result_returns_immediately(
-    backend: ResultBackend,
+    backend: ResultBackend, running: bool
 ) -> None:
     tid = new_task_id()
     await backend.set(result(tid, State.FAILURE, None))
     started = time.monotonic()
-    got = await backend.wait(tid, timeout_s=10)
+    got = await backend.wait(tid, timeout_s=10, running=running)
     assert got.state is State.FAILURE
     assert time.monotonic() - started < 0.5
 

@@ -59,12 +59,14 @@ class _FlakyBackend(MemoryBackend):
         self.up_at = time.monotonic() + outage_s
         self.failures = 0
 
-    async def wait(self, task_id: str, timeout_s: float | None) -> TaskResult:
+    async def wait(
+        self, task_id: str, timeout_s: float | None, *, running: bool = False
+    ) -> TaskResult:
         if time.monotonic() < self.up_at:
             self.failures += 1
             await asyncio.sleep(0.05)
             raise BackendError("Redis GET failed: connection refused")
-        return await super().wait(task_id, timeout_s)
+        return await super().wait(task_id, timeout_s, running=running)
 
 
 async def test_aget_rides_through_a_backend_outage_shorter_than_its_timeout() -> None:
@@ -84,3 +86,39 @@ async def test_aget_raises_the_backend_error_when_the_outage_outlasts_its_timeou
     with pytest.raises(BackendError):
         await app.AsyncResult("t1").aget(timeout=0.6)
     assert time.monotonic() - t0 < 1.5
+
+
+class _RecordingBackend(MemoryBackend):
+    """Remembers how each wait() was asked to start."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running: list[bool] = []
+
+    async def wait(
+        self, task_id: str, timeout_s: float | None, *, running: bool = False
+    ) -> TaskResult:
+        self.running.append(running)
+        return await super().wait(task_id, timeout_s, running=running)
+
+
+async def test_a_result_asked_for_right_after_sending_subscribes_before_reading() -> None:
+    """A handle from delay() waited on at once expects an unfinished task (one round trip
+    less); a handle for an id sent elsewhere, or waited on later, reads first."""
+    backend = _RecordingBackend()
+    app = QTasks("unit", broker="memory://", backend=backend,
+                 settings=load_settings("tests/empty.toml", env={}))  # fmt: skip
+
+    @app.task(name="unit.echo")
+    def echo(x: int) -> int:
+        return x
+
+    fresh = await echo.adelay(1)
+    await backend.set(TaskResult(id=fresh.id, state=State.SUCCESS, result=1))
+    assert await fresh.aget(timeout=5) == 1  # a wrong guess still gets the stored result
+    assert await app.AsyncResult(fresh.id).aget(timeout=5) == 1
+    later = await echo.adelay(2)
+    await backend.set(TaskResult(id=later.id, state=State.SUCCESS, result=2))
+    await asyncio.sleep(0.1)
+    assert await later.aget(timeout=5) == 2
+    assert backend.running == [True, False, False]

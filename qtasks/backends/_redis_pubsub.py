@@ -103,6 +103,7 @@ class Notifier:
         self._reader: asyncio.Task[None] | None = None
         self._last_error: BaseException | None = None
         self._closed = False
+        self._dropping: set[asyncio.Task[None]] = set()
 
     @contextlib.asynccontextmanager
     async def listen(self, name: str) -> AsyncIterator[asyncio.Event]:
@@ -130,11 +131,17 @@ class Notifier:
             if ch is not None:
                 ch.events.discard(event)
                 if not ch.events:
-                    await self._drop(name, ch)
+                    # In the background: the waiter has its result and need not wait for the
+                    # lock and the UNSUBSCRIBE's write (a listener joining meanwhile keeps it).
+                    task = asyncio.get_running_loop().create_task(self._drop(name, ch))
+                    self._dropping.add(task)
+                    task.add_done_callback(self._dropping.discard)
 
     async def close(self) -> None:
         """Stop the reader and close the connection; pending subscriptions fail."""
         self._closed = True
+        if self._dropping:
+            await asyncio.gather(*self._dropping, return_exceptions=True)
         for ch in self._channels.values():
             if not ch.confirmed.done():
                 ch.confirmed.set_result(None)  # _wait_confirmed sees _closed and raises

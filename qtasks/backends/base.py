@@ -103,16 +103,22 @@ class ResultBackend(abc.ABC):
                 return new
         raise BackendError(f"task {task_id} kept changing; it was not revoked")
 
-    async def wait(self, task_id: str, timeout_s: float | None) -> TaskResult:
+    async def wait(
+        self, task_id: str, timeout_s: float | None, *, running: bool = False
+    ) -> TaskResult:
         """Wait until the task is in a final state; raise ResultTimeout after ``timeout_s``.
 
         A result already final is returned from one read. Otherwise this subscribes and
-        reads again before waiting, so a result stored in between is not missed.
+        reads again before waiting, so a result stored in between is not missed. With
+        ``running`` (the caller expects the task unfinished, e.g. it was sent a moment ago)
+        it subscribes first and reads once: one round trip less when the guess is right,
+        a subscription more when it is wrong.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        result = await self.get(task_id)
-        if result is not None and result.ready:
-            return result  # no subscription needed (collecting results of finished tasks)
+        if not running:
+            result = await self.get(task_id)
+            if result is not None and result.ready:
+                return result  # no subscription needed (collecting results of finished tasks)
         async with self._listen(task_id) as changed:
             pushed: TaskResult | None = None
             while True:
