@@ -69,7 +69,7 @@ class AsyncResult(Generic[R]):
         much longer."""
         backend = await self.app.backend()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        # Sent a moment ago: surely still running, so subscribe before the first read.
+        # Sent a moment ago: most likely still running, so subscribe before the first read.
         running = self._sent_at is not None and time.monotonic() - self._sent_at < _JUST_SENT_S
         outage_since: float | None = None
         while True:

@@ -76,3 +76,30 @@ def test_app_section_keys_are_checked_and_overridable(tmp_path: Path) -> None:
     assert circuit_limits(s).max_qubits == 20 and circuit_limits(s).max_shots == 99
     with pytest.raises(ConfigError, match="max_qbits"):
         service_settings(load_settings(write(tmp_path, "[app]\nmax_qbits = 20\n"), env={}))
+
+
+def test_event_loop_choice_auto_takes_uvloop_when_installed_and_a_typo_is_a_clear_error() -> None:
+    import asyncio
+
+    from qtasks._loop import loop_factory
+
+    assert loop_factory("asyncio") is asyncio.new_event_loop
+    uvloop = pytest.importorskip("uvloop")
+    assert loop_factory("auto") is uvloop.new_event_loop
+    assert loop_factory("uvloop") is uvloop.new_event_loop
+    with pytest.raises(ConfigError, match="event_loop must be one of auto, asyncio, uvloop"):
+        loop_factory("uv-loop")
+
+
+def test_worker_with_a_bad_event_loop_setting_exits_2_with_the_reason() -> None:
+    import subprocess
+    import sys
+
+    env = {"QTASKS_WORKER_EVENT_LOOP": "trio", "QTASKS_CONFIG": str(ROOT / "tests/empty.toml"),
+           "PATH": "/usr/bin:/bin"}  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "qtasks", "worker", "-A", "tests.apps.demo:app"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "event_loop must be one of auto, asyncio, uvloop, not 'trio'" in run.stderr
