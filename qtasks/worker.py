@@ -12,7 +12,6 @@ import asyncio
 import os
 import socket
 import time
-import traceback
 from typing import Any
 
 import structlog
@@ -23,7 +22,7 @@ from qtasks.broker.base import Broker, Delivery, KeepAlive
 from qtasks.context import TaskContext
 from qtasks.control import Revocations, WorkerInfoSource
 from qtasks.control import listen as listen_control
-from qtasks.errors import BackendError, BrokerError, DecodeError, Retry, TaskError
+from qtasks.errors import BackendError, BrokerError, DecodeError, Retry
 from qtasks.executors import make_executor
 from qtasks.executors.base import Executor, TaskCall
 from qtasks.message import (
@@ -36,6 +35,7 @@ from qtasks.message import (
     now_s,
 )
 from qtasks.metrics import TaskEvents, WorkerMetrics
+from qtasks.settlement import Heartbeat, Settlement, error_info, msgspec_replace
 from qtasks.task import Task
 
 log = structlog.get_logger("qtasks.worker")
@@ -46,13 +46,6 @@ _IN_PROCESS_EXECUTORS = ("thread", "asyncio")
 
 #: Back-off after a broker error in the fetch loop (server restarting, network blip).
 _FETCH_ERROR_BACKOFF_S = 0.5
-
-
-def _error_info(exc: BaseException) -> ErrorInfo:
-    if isinstance(exc, TaskError):
-        return ErrorInfo(exc.exc_type, exc.message, exc.traceback)
-    tb = "".join(traceback.format_exception(exc))
-    return ErrorInfo(type(exc).__name__, str(exc), tb)
 
 
 class Worker:
@@ -97,6 +90,7 @@ class Worker:
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None
         self._keepalive: KeepAlive | None = None
+        self._settlement: Settlement | None = None
         self.log = log.bind(worker=self.name, executor=self.executor.name)
         self.revocations = Revocations()
         self.metrics_port = ws.metrics_port if metrics_port is None else metrics_port
@@ -114,6 +108,12 @@ class Worker:
         self.started = asyncio.Event()
         """Set once the worker is connected, its executor warm and its consumers bound."""
 
+    @property
+    def _out(self) -> Settlement:
+        """Stores outcomes, then settles deliveries (set up by :meth:`run`)."""
+        assert self._settlement is not None
+        return self._settlement
+
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
         """Ask the worker to drain and return from :meth:`run` (safe from a signal handler)."""
@@ -122,6 +122,12 @@ class Worker:
     async def run(self) -> None:
         clients = await self.app.clients()
         self._broker, self._backend = clients.broker, clients.backend
+        self._settlement = Settlement(
+            self._backend,
+            self._broker,
+            self.events,
+            result_store_retry_s=self.app.settings.worker.result_store_retry_s,
+        )
         await self.executor.start()
         if (
             self.app.settings.worker.heartbeat_process
@@ -222,7 +228,7 @@ class Worker:
             msg = decode_message(d.data)
         except DecodeError as e:
             self.log.error("message_undecodable", queue=d.queue, error=str(e), size=len(d.data))
-            await self._reject(d, None, ErrorInfo("DecodeError", str(e)), self.log)
+            await self._out.reject(d, None, ErrorInfo("DecodeError", str(e)), self.log)
             return
         tlog = self.log.bind(task_id=msg.id, task=msg.task, queue=d.queue, attempt=d.attempt)
         self.events.received(msg.task, d.queue)
@@ -238,7 +244,7 @@ class Worker:
                 prev = await self._backend.set_if_absent(started)
             except (BackendError, DecodeError) as e:
                 tlog.warning("backend_unavailable", error=str(e))
-                await self._settle(d.nak(1.0), tlog)
+                await self._out.settle(d.nak(1.0), tlog)
                 return
             if prev is None:
                 await self._run(d, msg, task, started, tlog, stored=True)
@@ -248,20 +254,20 @@ class Worker:
                 prev = await self._backend.get(msg.id)
             except (BackendError, DecodeError) as e:
                 tlog.warning("backend_unavailable", error=str(e))
-                await self._settle(d.nak(1.0), tlog)
+                await self._out.settle(d.nak(1.0), tlog)
                 return
         if prev is not None and prev.ready:
             # Done before (stored, then a crash before the ack) or revoked: do not run again.
             tlog.info("task_already_final", state=prev.state.value)
             if prev.state is State.REVOKED:
                 self.events.event(msg.task, d.queue, "revoked")
-            await self._settle(d.ack(), tlog)
+            await self._out.settle(d.ack(), tlog)
             return
         base = self._base(d, msg, prev)
         if task is None:
             reason = f"no task named {msg.task!r} on worker {self.name}"
             tlog.error("task_unknown")
-            await self._reject(d, base, ErrorInfo("TaskNotRegistered", reason), tlog)
+            await self._out.reject(d, base, ErrorInfo("TaskNotRegistered", reason), tlog)
             return
         now = now_s()
         if msg.expires is not None and now > msg.expires:
@@ -273,10 +279,10 @@ class Worker:
                 finished_at=now,
                 error=ErrorInfo("TaskExpired", "task expired before it ran"),
             )
-            await self._finish(d, res, tlog)
+            await self._out.finish(d, res, tlog)
             return
         if msg.eta is not None and msg.eta > now + 0.005:
-            await self._settle(d.nak(msg.eta - now), tlog)  # not yet: come back at the eta
+            await self._out.settle(d.nak(msg.eta - now), tlog)  # not yet: come back at the eta
             return
         crashes = int(base.meta.get("crashes", 0)) + (
             1 if prev and prev.state is State.STARTED else 0
@@ -293,7 +299,7 @@ class Worker:
         if crashes > limit:
             reason = f"the task was started {crashes} times without finishing (limit {limit})"
             tlog.error("task_crash_loop", crashes=crashes)
-            await self._reject(d, base, ErrorInfo("WorkerLost", reason), tlog)
+            await self._out.reject(d, base, ErrorInfo("WorkerLost", reason), tlog)
             return
         started = msgspec_replace(
             base, state=State.STARTED, started_at=now_s(), meta={**base.meta, "crashes": crashes}
@@ -330,7 +336,7 @@ class Worker:
         """Run the task whose STARTED record is ``started`` (already written when ``stored``)."""
         assert self._backend is not None
         base = started
-        heartbeat = _Heartbeat(d, self._heartbeat_interval_s(), self.log)
+        heartbeat = Heartbeat(d, self._heartbeat_interval_s(), self.log)
         keepalive = self._keepalive
         if keepalive is not None:
             keepalive.track(d)  # beats on even if this task freezes the loop (holds the GIL)
@@ -340,7 +346,7 @@ class Worker:
                     not_revoked = await self._backend.set_unless_revoked(started)
                 except BackendError as e:
                     tlog.warning("backend_unavailable", error=str(e))
-                    await self._settle(d.nak(1.0), tlog)
+                    await self._out.settle(d.nak(1.0), tlog)
                     return
                 if not not_revoked:
                     await self._skip_revoked(d, msg, tlog)
@@ -379,15 +385,15 @@ class Worker:
                     duration_s = time.perf_counter() - t0
                     tlog.info("task_revoked", running=True, duration_s=round(duration_s, 6))
                     self.events.finished(msg.task, d.queue, "revoked", duration_s)
-                    await self._settle(d.ack(), tlog)
+                    await self._out.settle(d.ack(), tlog)
                     return
                 # Drain ran out of time: give the message back at once rather than after ack_wait.
                 tlog.warning("task_abandoned")
-                await self._settle(d.nak(0), tlog)
+                await self._out.settle(d.nak(0), tlog)
                 raise
             except Exception as e:
                 duration_s = time.perf_counter() - t0
-                err = _error_info(e)
+                err = error_info(e)
                 if task.should_retry(e, base.retries):
                     countdown_s = (
                         e.countdown_s
@@ -408,10 +414,10 @@ class Worker:
                         duration_s=round(duration_s, 6),
                     )
                     self.events.finished(msg.task, d.queue, "retried", duration_s)
-                    if await self._store(res, tlog):
-                        await self._settle(d.nak(countdown_s), tlog)
+                    if await self._out.store(res, tlog):
+                        await self._out.settle(d.nak(countdown_s), tlog)
                     else:
-                        await self._settle(d.nak(1.0), tlog)
+                        await self._out.settle(d.nak(1.0), tlog)
                     return
                 tlog.error(
                     "task_failed",
@@ -420,7 +426,7 @@ class Worker:
                     exception=err.traceback,  # the one place a task's traceback is logged
                 )
                 self.events.finished(msg.task, d.queue, "failed", duration_s)
-                await self._finish(d, self._failed(started, err), tlog)
+                await self._out.finish(d, Settlement.failed(started, err), tlog)
                 return
             duration_s = time.perf_counter() - t0
             res = msgspec_replace(
@@ -435,11 +441,11 @@ class Worker:
                 )
                 tlog.error("task_failed", error=err.message, duration_s=round(duration_s, 6))
                 self.events.finished(msg.task, d.queue, "failed", duration_s)
-                await self._finish(d, self._failed(started, err), tlog)
+                await self._out.finish(d, Settlement.failed(started, err), tlog)
                 return
             tlog.info("task_succeeded", duration_s=round(duration_s, 6))
             self.events.finished(msg.task, d.queue, "succeeded", duration_s)
-            await self._finish(d, res, tlog)
+            await self._out.finish(d, res, tlog)
         finally:
             heartbeat.stop()
             if keepalive is not None:
@@ -460,67 +466,7 @@ class Worker:
         """The task was revoked before it started: never run it; its record says REVOKED."""
         tlog.info("task_revoked", running=False)
         self.events.event(msg.task, d.queue, "revoked")
-        await self._settle(d.ack(), tlog)
-
-    def _failed(self, base: TaskResult, err: ErrorInfo) -> TaskResult:
-        return msgspec_replace(base, state=State.FAILURE, error=err, finished_at=now_s())
-
-    async def _finish(self, d: Delivery, res: TaskResult, tlog: Any) -> None:
-        """Store the final result, and only then ack."""
-        if await self._store(res, tlog):
-            await self._settle(d.ack(), tlog)
-        else:
-            await self._settle(d.nak(1.0), tlog)  # could not store: run again later
-
-    async def _store(self, res: TaskResult, tlog: Any) -> bool:
-        """Write the result, retrying through a backend outage for a bounded time."""
-        assert self._backend is not None
-        deadline = time.monotonic() + self.app.settings.worker.result_store_retry_s
-        delay_s = 0.1
-        while True:
-            try:
-                if not await self._backend.set_unless_revoked(res):
-                    # Revoked meanwhile: REVOKED stays, this outcome is discarded (thread and
-                    # asyncio executors cannot stop a run; it finished after the revoke).
-                    tlog.info("task_result_discarded", reason="revoked", state=res.state.value)
-                    self.events.event(res.task or "", res.queue or "", "revoked")
-                return True
-            except BackendError as e:
-                if time.monotonic() + delay_s > deadline:
-                    tlog.error("result_store_failed", error=str(e))
-                    return False
-                tlog.warning("result_store_retry", error=str(e), delay_s=delay_s)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 2.0)
-
-    async def _settle(self, op: Any, tlog: Any) -> None:
-        try:
-            await op
-        except BrokerError as e:
-            # The broker redelivers after ack_wait; the stored record makes the rerun harmless.
-            tlog.warning("settle_failed", error=str(e))
-
-    async def _reject(
-        self, d: Delivery, base: TaskResult | None, err: ErrorInfo, tlog: Any
-    ) -> None:
-        """A message that must never run: store FAILURE (when it has a task id), copy it to
-        the dead-letter subject with the reason, then term it."""
-        assert self._broker is not None
-        reason = (
-            f"{err.type}: {err.message}" if not err.message.startswith(err.type) else err.message
-        )
-        if base is not None and not await self._store(self._failed(base, err), tlog):
-            await self._settle(d.nak(1.0), tlog)
-            return
-        try:
-            await self._broker.dead_letter(d.queue, d.data, reason)
-        except BrokerError as e:
-            tlog.error("dead_letter_failed", error=str(e))
-            await self._settle(d.nak(1.0), tlog)
-            return
-        tlog.warning("task_dead_lettered", reason=reason)
-        self.events.dead_lettered(d.queue, err.type)
-        await self._settle(d.term(), tlog)
+        await self._out.settle(d.ack(), tlog)
 
     def _broker_ack_wait_s(self) -> float:
         assert self._broker is not None
@@ -535,43 +481,3 @@ def _due(msg: TaskMessage, now: float) -> bool:
     if msg.expires is not None and now > msg.expires:
         return False
     return msg.eta is None or msg.eta <= now + 0.005
-
-
-class _Heartbeat:
-    """Keeps the ack deadline away while a task runs (only while the loop is free): an
-    ``in_progress()`` every ``interval_s``. A timer, not a task per run: most tasks end
-    before the first beat, and a timer costs far less to start and cancel."""
-
-    __slots__ = ("_d", "_interval_s", "_log", "_loop", "_sending", "_stopped", "_timer")
-
-    def __init__(self, d: Delivery, interval_s: float, log: Any) -> None:
-        self._d = d
-        self._interval_s = interval_s
-        self._log = log
-        self._loop = asyncio.get_running_loop()
-        self._sending: asyncio.Task[None] | None = None
-        self._stopped = False
-        self._timer = self._loop.call_later(interval_s, self._beat)
-
-    def _beat(self) -> None:
-        self._sending = self._loop.create_task(self._send())
-
-    async def _send(self) -> None:
-        try:
-            await self._d.in_progress()
-        except BrokerError as e:
-            self._log.warning("heartbeat_failed", error=str(e))
-        if not self._stopped:
-            self._timer = self._loop.call_later(self._interval_s, self._beat)
-
-    def stop(self) -> None:
-        self._stopped = True
-        self._timer.cancel()
-        if self._sending is not None:
-            self._sending.cancel()
-
-
-def msgspec_replace(res: TaskResult, **changes: Any) -> TaskResult:
-    import msgspec
-
-    return msgspec.structs.replace(res, **changes)

@@ -96,3 +96,37 @@ async def test_fetch_raises_broker_error_when_its_consumer_is_deleted_and_then_r
     # The broker forgot the binding: the next fetch creates the consumer again.
     await broker.publish("q", b"again", msg_id="again-1")
     assert [d.data for d in await broker.fetch("q", 1, 3.0)] == [b"again"]
+
+
+async def test_closing_hands_back_at_once_what_was_delivered_but_not_fetched(
+    broker: JetStreamBroker,
+) -> None:
+    assert broker.ack_wait_s >= 10  # so "at once" below cannot be a redelivery
+    await broker.ensure_consumer("q")
+    fetching = asyncio.create_task(broker.fetch("q", 4, 5.0))
+    await asyncio.sleep(0.3)
+    await broker.publish("q", b"m0", msg_id="m0")
+    first = await fetching  # the request stays open for three more
+    assert [d.data for d in first] == [b"m0"]
+    for i in (1, 2, 3):
+        await broker.publish("q", f"m{i}".encode(), msg_id=f"m{i}")
+    await asyncio.sleep(0.3)
+    second = await broker.fetch("q", 1, 2.0)
+    assert [d.data for d in second] == [b"m1"]
+    assert await ack_pending(broker, "q") == 4  # m2, m3 delivered, waiting in this process
+    await first[0].ack()
+    await second[0].ack()
+    settings = broker.s
+    await broker.close()  # m2 and m3 are given back
+    other = JetStreamBroker(settings.url, settings)
+    await other.connect()
+    try:
+        t0 = time.monotonic()
+        got: list[bytes] = []
+        while len(got) < 2 and time.monotonic() - t0 < 5.0:
+            got += [d.data for d in await other.fetch("q", 4, 1.0)]
+        assert sorted(got) == [b"m2", b"m3"]
+        assert time.monotonic() - t0 < 3.0
+    finally:
+        await other.close()
+        await broker.connect()  # for the fixture's cleanup

@@ -58,9 +58,14 @@ class Puller:
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
 
     async def stop(self) -> None:
+        """Stop listening; messages delivered but not fetched go back to the stream at once
+        (nak) rather than after ``ack_wait``."""
         sub, self._sub = self._sub, None
-        if sub is not None:
-            with contextlib.suppress(Exception):  # the connection may be gone already
+        left, self._ready = list(self._ready), deque()
+        with contextlib.suppress(Exception):  # the connection may be gone already
+            for msg in left:
+                await msg.nak()
+            if sub is not None:
                 await sub.unsubscribe()
 
     async def _on_msg(self, msg: Msg) -> None:

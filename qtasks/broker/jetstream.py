@@ -159,8 +159,10 @@ class JetStreamBroker(JetStreamOps, Broker):
 
     async def close(self) -> None:
         self._closing = True
+        subs, self._subs = list(self._subs.values()), {}
+        for sub in subs:
+            await sub.stop()  # hands back what was delivered but not fetched
         nc, self._nc, self._js = self._nc, None, None
-        self._subs.clear()
         self._provisioned.clear()
         if nc is not None and not nc.is_closed:
             try:
