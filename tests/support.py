@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import redis
 from qtasks import QTasks, testing
 from qtasks.broker.jetstream import JetStreamBroker
 from qtasks.config import Settings, load_settings
+from qtasks.worker import Worker
 from tests.apps.demo import RUN_LOG_ENV, make_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +40,35 @@ def isolated_env(
 
 def settings_from(env: Mapping[str, str]) -> Settings:
     return load_settings(env.get("QTASKS_CONFIG"), env={**os.environ, **env})
+
+
+def log_events(text: str, event: str) -> list[dict[str, Any]]:
+    """The JSON log lines of ``text`` whose ``event`` is ``event`` (other lines skipped)."""
+    out = []
+    for line in text.splitlines():
+        if f'"{event}"' in line:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("event") == event:
+                out.append(rec)
+    return out
+
+
+@contextlib.asynccontextmanager
+async def running(
+    app: QTasks, concurrency: int = 2, executor: str = "thread", **kw: Any
+) -> AsyncIterator[Worker]:
+    """An in-process worker of ``app``, serving while the block runs, drained after it."""
+    w = Worker(app, concurrency=concurrency, executor=executor, shutdown_grace_s=5, **kw)
+    t = asyncio.create_task(w.run())
+    await asyncio.wait_for(w.started.wait(), 10)
+    try:
+        yield w
+    finally:
+        w.stop()
+        await asyncio.wait_for(t, 15)
 
 
 class WorkerProcess:
@@ -111,16 +142,7 @@ class WorkerProcess:
 
     def events(self, event: str) -> list[dict[str, Any]]:
         """The worker's JSON log lines whose ``event`` is ``event``."""
-        out = []
-        for line in self.log().splitlines():
-            if f'"{event}"' in line:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if rec.get("event") == event:
-                    out.append(rec)
-        return out
+        return log_events(self.log(), event)
 
     def __enter__(self) -> WorkerProcess:
         return self.start()

@@ -4,10 +4,8 @@ GET /tasks/{task_id}, and one JSON log line per request carrying the task id."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
@@ -16,7 +14,7 @@ from fastapi.testclient import TestClient
 import app.api as api_module
 from app.auth import KeyRing, hash_key
 from qtasks.servers import free_port
-from tests.support import Stack, wait_for
+from tests.support import Stack, log_events, wait_for
 from tests.test_integration import BELL, Api
 from tests.test_ops_integration import sample, scrape
 
@@ -41,17 +39,6 @@ def api_samples(api: Api) -> dict[tuple[str, frozenset[tuple[str, str]]], float]
         for s in family.samples
     }
 
-
-def log_events(path: str, event: str) -> list[dict[str, Any]]:
-    out = []
-    for line in Path(path).read_text(errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("event") == event:
-            out.append(rec)
-    return out
 
 
 def test_api_and_worker_metrics_count_a_real_run_and_revoke_stops_a_queued_task(
@@ -126,15 +113,14 @@ def test_api_and_worker_metrics_count_a_real_run_and_revoke_stops_a_queued_task(
         assert any(e.get("task_id") == revoked for e in worker.events("task_already_final"))
 
         # One JSON line per request, with the task id; the submit's own event has it too.
-        requests = log_events(api.log_path, "request")
+        api_log = Path(api.log_path).read_text(errors="replace")
+        requests = log_events(api_log, "request")
         posts = [e for e in requests if e["method"] == "POST" and e["status"] == 202]
         assert {e["task_id"] for e in posts} == {revoked, *ran}
         assert all(e["route"] == "/tasks" and e["duration_s"] > 0 for e in posts)
         deletes = [e for e in requests if e["method"] == "DELETE"]
         assert {e["task_id"] for e in deletes} >= {revoked, ran[0]}
-        assert {e["task_id"] for e in log_events(api.log_path, "task_submitted")} == {
-            revoked, *ran
-        }
+        assert {e["task_id"] for e in log_events(api_log, "task_submitted")} == {revoked, *ran}
     finally:
         api.close()
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,6 +17,7 @@ from qtasks.control import ask_workers
 from qtasks.message import TaskResult
 from qtasks.metrics import WorkerMetrics
 from qtasks.worker import Worker
+from tests.support import running
 
 
 def make() -> tuple[QTasks, MemoryBroker]:
@@ -26,17 +25,6 @@ def make() -> tuple[QTasks, MemoryBroker]:
     broker = MemoryBroker()
     return QTasks("unit", broker=broker, backend="memory://", settings=settings), broker
 
-
-@contextlib.asynccontextmanager
-async def running(app: QTasks, executor: str = "thread", **kw: Any) -> AsyncIterator[Worker]:
-    w = Worker(app, concurrency=2, executor=executor, shutdown_grace_s=5, **kw)
-    t = asyncio.create_task(w.run())
-    await asyncio.wait_for(w.started.wait(), 10)
-    try:
-        yield w
-    finally:
-        w.stop()
-        await asyncio.wait_for(t, 15)
 
 
 async def wait_until(cond: Any, timeout_s: float = 5.0) -> None:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -16,7 +14,7 @@ from qtasks import QTasks, Retry, State, TaskError, TimeLimitExceeded, current_t
 from qtasks.broker.memory import MemoryBroker
 from qtasks.config import load_settings
 from qtasks.message import TaskMessage, encode_message
-from qtasks.worker import Worker
+from tests.support import running
 
 
 def make(ack_wait_s: float = 30.0, **worker: Any) -> tuple[QTasks, MemoryBroker]:
@@ -27,19 +25,6 @@ def make(ack_wait_s: float = 30.0, **worker: Any) -> tuple[QTasks, MemoryBroker]
     app = QTasks("unit", broker=broker, backend="memory://", settings=settings)
     return app, broker
 
-
-@contextlib.asynccontextmanager
-async def running(
-    app: QTasks, concurrency: int = 2, executor: str = "thread"
-) -> AsyncIterator[Worker]:
-    w = Worker(app, concurrency=concurrency, executor=executor, shutdown_grace_s=5)
-    t = asyncio.create_task(w.run())
-    await asyncio.wait_for(w.started.wait(), 10)
-    try:
-        yield w
-    finally:
-        w.stop()
-        await asyncio.wait_for(t, 15)
 
 
 async def test_success_is_stored_with_timings() -> None:

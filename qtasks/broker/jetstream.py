@@ -289,27 +289,22 @@ class JetStreamBroker(JetStreamOps, Broker):
         if len(data) > self.max_payload_bytes:
             raise MessageTooLarge(len(data), self.max_payload_bytes)
         js = self._js_ctx()
+
+        async def send() -> Any:
+            headers = {"Nats-Msg-Id": msg_id}
+            return await js.publish(
+                self.subject(queue), data, headers=headers, stream=self.s.stream, timeout=5
+            )
+
         try:
             try:
-                ack = await js.publish(
-                    self.subject(queue),
-                    data,
-                    headers={"Nats-Msg-Id": msg_id},
-                    stream=self.s.stream,
-                    timeout=5,
-                )
+                ack = await send()
             except nats.js.errors.NoStreamResponseError:
                 # No stream answers: the server lost it (restarted without its storage, or
                 # it was deleted). Create it again, once, and retry.
                 async with self._lock:
                     await self._provision_streams()
-                ack = await js.publish(
-                    self.subject(queue),
-                    data,
-                    headers={"Nats-Msg-Id": msg_id},
-                    stream=self.s.stream,
-                    timeout=5,
-                )
+                ack = await send()
         except nats.errors.MaxPayloadError as e:
             raise MessageTooLarge(len(data), self.max_payload_bytes) from e
         except (nats.errors.Error, nats.js.errors.Error, OSError) as e:
